@@ -1,0 +1,121 @@
+"""The contract between the data side and the model.
+
+The data side (loader workers, in collate) draws every mask; the model consumes these tensors and never draws
+randomness of its own during training. Shapes use B = batch, H/W = image size, N = patches per image,
+Nk = visible (kept) patches, Nm = masked patches (Nk + Nm = N, the same for every image of a batch),
+Lv = longest visible text in the batch, M = most masked tokens of any text in the batch, L = longest full text.
+
+Patch indices are row-major over the (H/p, W/p) grid and sorted ascending inside ``patch_keep`` and
+``patch_masked``. Text positions are 0-based positions in the unmasked token sequence (the model adds its own
+[CLS]; token ids carry no special tokens of the tokenizer).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _map_tensors(obj, fn):
+    """Apply ``fn`` to every tensor field (recursing into nested batch dataclasses)."""
+    changes = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, Tensor):
+            changes[f.name] = fn(v)
+        elif dataclasses.is_dataclass(v):
+            changes[f.name] = _map_tensors(v, fn)
+    return dataclasses.replace(obj, **changes)
+
+
+class _BatchOps:
+    def to(self, device, non_blocking: bool = False):
+        """Move every tensor to ``device``; floating images may be cast with ``.to(dtype)`` separately."""
+        return _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        return _map_tensors(self, lambda t: t.pin_memory())
+
+    @property
+    def batch_size(self) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class ImageBatch(_BatchOps):
+    """Images with their MIM/CMM patch split.
+
+    images:       [B, 3, H, W] float32, normalised (ImageNet mean/std)
+    patch_keep:   [B, Nk] int64, sorted indices of visible patches
+    patch_masked: [B, Nm] int64, sorted indices of masked patches
+    labels:       [B] int64 class labels, or None
+    """
+
+    images: Tensor
+    patch_keep: Tensor
+    patch_masked: Tensor
+    labels: Optional[Tensor] = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class TextBatch(_BatchOps):
+    """Tokenised text split into what the encoder sees and what the decoder must reconstruct.
+
+    input_ids:       [B, Lv] int64 visible token ids, right-padded with the pad id
+    positions:       [B, Lv] int64 original positions of the visible tokens (0 on padding)
+    attention_mask:  [B, Lv] bool, True on real (visible) tokens, False on padding
+    masked_positions:[B, M] int64 original positions of the masked tokens (0 where invalid)
+    masked_ids:      [B, M] int64 target ids of the masked tokens (pad id where invalid)
+    masked_valid:    [B, M] bool, True where a masked target exists
+    full_ids:        [B, L] int64 unmasked ids (for contrastive / ITM), right-padded
+    full_mask:       [B, L] bool, True on real tokens of ``full_ids``
+
+    Every row has at least one visible token. With mask ratio 0 (no MLM), M may be 0.
+    """
+
+    input_ids: Tensor
+    positions: Tensor
+    attention_mask: Tensor
+    masked_positions: Tensor
+    masked_ids: Tensor
+    masked_valid: Tensor
+    full_ids: Tensor
+    full_mask: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class PairBatch(_BatchOps):
+    """Image-text pairs: row i of ``image`` belongs with row i of ``text`` (CMM masks drawn on both)."""
+
+    image: ImageBatch
+    text: TextBatch
+
+    @property
+    def batch_size(self) -> int:
+        return self.image.batch_size
+
+
+BATCH_TYPES = {"image": ImageBatch, "text": TextBatch, "pair": PairBatch}
+
+
+def batch_kind(batch) -> str:
+    """'image' | 'text' | 'pair' for a batch object."""
+    for kind, cls in BATCH_TYPES.items():
+        if isinstance(batch, cls):
+            return kind
+    raise TypeError(f"not a momo_ds batch: {type(batch).__name__}")
+
+
+def empty_like_long(b: int, device=None) -> Tensor:
+    return torch.zeros(b, 0, dtype=torch.long, device=device)
