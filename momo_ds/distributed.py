@@ -1,0 +1,152 @@
+"""Everything that talks to torch.distributed: rank helpers, gathers (with and without gradient), reductions.
+
+Model and loss code never import torch.distributed; they receive a :class:`TorchDist` (or the model's local
+identity context) and call its ``gather*`` methods.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Concatenate ``x`` from every rank along dim 0; the backward sums the gradient of the concatenation over
+    ranks and returns this rank's slice, so each rank's local-rows loss contributes to every rank's inputs.
+    (Written with all_reduce rather than reduce_scatter because gloo, the CPU backend, lacks the latter.)"""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        world = dist.get_world_size()
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """x: [b, ...] (same b on every rank) -> [world*b, ...], differentiable."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return x
+    return _AllGatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def gather(x: Tensor) -> Tensor:
+    """x: [b, ...] (same shape on every rank) -> [world*b, ...], no gradient."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def gather_padded(x: Tensor, pad_value=0) -> Tensor:
+    """x: [b, L_rank, ...] -> [world*b, max L, ...]: dim 1 padded with ``pad_value`` to the longest rank."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return x
+    length = torch.tensor([x.shape[1]], device=x.device)
+    longest = int(gather(length).max())
+    if x.shape[1] < longest:
+        pad_shape = (x.shape[0], longest - x.shape[1], *x.shape[2:])
+        x = torch.cat([x, x.new_full(pad_shape, pad_value)], dim=1)
+    return gather(x)
+
+
+@dataclass
+class TorchDist:
+    """The distributed context handed to losses (contrastive, ITM): rank, world size and the gathers."""
+
+    rank: int
+    world_size: int
+
+    @classmethod
+    def current(cls) -> "TorchDist":
+        return cls(rank=get_rank() if is_initialized() else 0, world_size=get_world_size() if is_initialized() else 1)
+
+    def gather_with_grad(self, x: Tensor) -> Tensor:
+        return gather_with_grad(x)
+
+    def gather(self, x: Tensor) -> Tensor:
+        return gather(x)
+
+    def gather_padded(self, x: Tensor, pad_value=0) -> Tensor:
+        return gather_padded(x, pad_value)
+
+
+def all_reduce_mean(values: Tensor) -> Tensor:
+    """Mean of a tensor over ranks (used only on log steps)."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / dist.get_world_size()
+
+
+def all_reduce_sum_int(counts: dict[str, int], device: Optional[torch.device] = None) -> dict[str, int]:
+    """Sum integer counters (same keys on every rank, in sorted order) over ranks."""
+    if not counts or not is_initialized() or dist.get_world_size() == 1:
+        return dict(counts)
+    keys = sorted(counts)
+    t = torch.tensor([counts[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: int(v) for k, v in zip(keys, t.tolist())}
+
+
+def broadcast_object(obj, src: int = 0):
+    """Broadcast a picklable object this process built itself (never data from files) from ``src``."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def sum_counts(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Sum nested counters (stream -> reason -> count) over ranks; key sets may differ between ranks."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return {s: dict(r) for s, r in counts.items()}
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, counts)  # in-memory dicts this job built itself
+    total: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for stream, reasons in (part or {}).items():
+            for reason, n in reasons.items():
+                total.setdefault(stream, {})[reason] = total.get(stream, {}).get(reason, 0) + int(n)
+    return total

@@ -1,0 +1,110 @@
+"""Cross-Modality Gradient Accumulation (CMGA): one optimizer update from one micro-batch of every stream.
+
+For stream i of N (the same order on every rank):
+    engine.set_gradient_accumulation_boundary(i == N - 1)   # sticky flag: set before every backward
+    engine.backward(loss_i)                                  # loss_i = sum of the stream's weighted objectives
+then a single ``engine.step()``. With gradient_accumulation_steps = 1 this applies the gradient of the SUM of the
+streams' losses (the recipe measured in DEEPSPEED_NOTES.md; verified again in tests/test_cmga_multirank.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from momo_ds.batch import ImageBatch, PairBatch, TextBatch
+from momo_ds.config import StreamConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN/Inf; raised before the optimizer step so the weights stay finite."""
+
+
+def cast_floats(batch, dtype: torch.dtype, device: torch.device):
+    """Move a batch to ``device``; floating tensors (images) are cast to the engine's parameter dtype."""
+    def fix(obj):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, Tensor):
+                changes[f.name] = v.to(device, dtype if v.is_floating_point() else None, non_blocking=True)
+            elif dataclasses.is_dataclass(v):
+                changes[f.name] = fix(v)
+        return dataclasses.replace(obj, **changes)
+    return fix(batch)
+
+
+def visible_tokens(batch) -> int:
+    """Tokens the encoder processes for ``batch`` (CLS included), computed on the host-side batch."""
+    if isinstance(batch, ImageBatch):
+        return batch.batch_size * (1 + batch.patch_keep.shape[1])
+    if isinstance(batch, TextBatch):
+        return int(batch.attention_mask.sum()) + batch.batch_size
+    if isinstance(batch, PairBatch):
+        return visible_tokens(batch.image) + int(batch.text.attention_mask.sum())
+    raise TypeError(type(batch).__name__)
+
+
+@dataclass
+class StepResult:
+    """Per-step outputs kept on device (no host sync): stacked loss terms per stream."""
+
+    terms: dict[str, Tensor]  # "<stream>/<term>" -> 0-dim tensor (detached)
+    samples: int
+    tokens: int
+
+
+class CMGAStep:
+    """Runs CMGA steps on a DeepSpeed engine (or any object with the same backward/step interface)."""
+
+    def __init__(self, engine, streams: list[StreamConfig], dist_ctx, dtype: torch.dtype, device: torch.device,
+                 touch_unused: bool = True, check_finite: bool = True):
+        self.engine = engine
+        self.streams = streams
+        self.dist = dist_ctx
+        self.dtype = dtype
+        self.device = device
+        self.touch_unused = touch_unused
+        self.check_finite = check_finite
+
+    def __call__(self, batches: dict[str, Any]) -> StepResult:
+        n = len(self.streams)
+        terms: dict[str, Tensor] = {}
+        samples = tokens = 0
+        for i, stream in enumerate(self.streams):
+            host_batch = batches[stream.name]
+            samples += host_batch.batch_size
+            tokens += visible_tokens(host_batch)
+            batch = cast_floats(host_batch, self.dtype, self.device)
+            self.engine.set_gradient_accumulation_boundary(i == n - 1)
+            out = self.engine(batch, objectives=stream.objectives, dist=self.dist, touch_unused=self.touch_unused)
+            for k, v in out.items():
+                terms[f"{stream.name}/{k}"] = v.detach().float()
+            self.engine.backward(out["loss"])
+        if self.check_finite:
+            self._raise_if_non_finite(terms)
+        self.engine.step()
+        return StepResult(terms=terms, samples=samples, tokens=tokens)
+
+    @staticmethod
+    def _raise_if_non_finite(terms: dict[str, Tensor]) -> None:
+        """One host sync per step (not per micro-batch): stop before the optimizer applies a NaN/Inf."""
+        names = [k for k in terms if k.endswith("_loss") or k.endswith("/loss")]
+        stacked = torch.stack([terms[k] for k in names])
+        finite = torch.isfinite(stacked)
+        if bool(finite.all()):
+            return
+        bad = [f"{k.split('/')[0]} stream, {k.split('/')[1]}" for k, ok in zip(names, finite.tolist()) if not ok]
+        raise NonFiniteLossError("non-finite loss before the optimizer step: " + "; ".join(bad))
+
+
+def accumulate(running: Optional[dict[str, Tensor]], step: StepResult) -> dict[str, Tensor]:
+    """Running sums of the loss terms over the steps of a logging window (device tensors, no sync)."""
+    if running is None:
+        return {k: v.clone() for k, v in step.terms.items()}
+    for k, v in step.terms.items():
+        running[k] = running[k] + v if k in running else v.clone()
+    return running

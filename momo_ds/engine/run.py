@@ -1,0 +1,203 @@
+"""The main job: parse arguments, run the requested stages in order, print the results table.
+
+    deepspeed [--num_gpus N | --hostfile H] tools/pretrain.py --ds_config ds_configs/zero2.json \
+        [--config RECIPE] [--stage 1|2|3|all] [--out DIR] [--max_steps N] [--save_every N] [--resume] \
+        [--set key=value ...]
+
+``--config`` is a preset name (tiny | base | large: the packaged recipes), a directory holding
+``stage{1,2,3}.yaml``, or one stage's YAML file. With no ``--config`` the tiny preset runs all three stages on the
+built-in synthetic data (generated into ``<out>/data`` if absent).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from momo_ds import distributed as mdist
+from momo_ds.config import ConfigError, PACKAGED_RECIPES, RecipeConfig, load_recipe
+
+SHARED_WEIGHTS = "shared_fp32.safetensors"  # encoder + shared heads (no decoders): the next stage starts here
+DONE = "DONE.json"
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="MoMo pretraining with DeepSpeed (CMGA over modality streams)")
+    p.add_argument("--ds_config", "--deepspeed_config", dest="ds_config", default="ds_configs/zero2.json",
+                   help="DeepSpeed JSON (batch fields 'auto' are derived from the recipe)")
+    p.add_argument("--config", default="tiny", help="preset (tiny|base|large), recipe directory, or stage YAML")
+    p.add_argument("--stage", default=None, help="1, 2, 3 or all (default: all, or the stage of a YAML file)")
+    p.add_argument("--out", default="runs/momo-tiny", help="output directory")
+    p.add_argument("--max_steps", type=int, default=None, help="optimizer steps per stage (overrides the recipe)")
+    p.add_argument("--save_every", type=int, default=None, help="checkpoint every N steps per stage")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoints in --out")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides applied to every stage, e.g. train.lr=1e-4 data.num_workers=2")
+    p.add_argument("--no_eval", action="store_true", help="skip the final evaluation of the tiny/synthetic run")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    return p.parse_args(argv)
+
+
+def stage_recipes(config: str, stage: Optional[str]) -> list[Path]:
+    """The recipe files to run, in order."""
+    path = Path(config)
+    if path.is_file():
+        return [path]
+    folder = path if path.is_dir() else PACKAGED_RECIPES / config
+    if not folder.is_dir():
+        valid = ", ".join(sorted(p.name for p in PACKAGED_RECIPES.iterdir() if p.is_dir()))
+        raise ConfigError(f"--config {config!r} is neither a recipe file, a directory nor a preset ({valid})")
+    wanted = [1, 2, 3] if stage in (None, "all") else [int(stage)]
+    files = [folder / f"stage{n}.yaml" for n in wanted]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"recipe file(s) not found: {', '.join(missing)}")
+    return files
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Works under the deepspeed launcher, torchrun, or a plain ``python`` (one process)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    deepspeed.init_distributed(verbose=False)
+
+
+def prepare_data(recipe: RecipeConfig, out: Path) -> None:
+    """Synthetic recipes: generate the built-in dataset once (rank 0) and point the streams at it."""
+    if not recipe.data.synthetic:
+        return
+    from momo_ds.data.synthetic import make_synthetic
+
+    data_dir = out / "data"
+    if mdist.is_main_process():
+        make_synthetic(data_dir, num=recipe.data.synthetic_num, image_size=recipe.data.image_size,
+                       seed=recipe.data.seed)
+    mdist.barrier()
+    info = make_synthetic(data_dir, num=recipe.data.synthetic_num, image_size=recipe.data.image_size,
+                          seed=recipe.data.seed)  # reuses the manifest written above
+    for s in recipe.data.streams:
+        if not s.shards:
+            s.shards = list(info.train_shards(s.kind))
+    if recipe.data.tokenizer in ("", "synthetic"):
+        recipe.data.tokenizer = str(info.tokenizer)
+
+
+def check_shards(recipe: RecipeConfig) -> None:
+    for i, s in enumerate(recipe.data.streams):
+        if not s.shards:
+            raise ConfigError(f"data.streams.{i} ({s.name}): no shards given (set data.streams.{i}.shards)")
+
+
+def run(args: argparse.Namespace) -> list:
+    from safetensors.torch import load_file, save_file
+
+    from momo_ds.data import load_tokenizer
+    from momo_ds.engine.ds_config import load_ds_config
+    from momo_ds.engine.stage import StageRunner
+
+    out = Path(args.out)
+    ds_cfg = load_ds_config(args.ds_config)
+    files = stage_recipes(args.config, args.stage)
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.save_every is not None:
+        overrides.append(f"train.save_every={args.save_every}")
+    recipes = [load_recipe(f, overrides) for f in files]  # every recipe validated before any work starts
+    results = []
+    for recipe in recipes:
+        stage_dir = out / f"stage{recipe.stage}"
+        if args.resume and (stage_dir / DONE).is_file():
+            if mdist.is_main_process():
+                print(f"[momo_ds] stage {recipe.stage} already finished in {stage_dir}; skipping")
+            results.append(json.loads((stage_dir / DONE).read_text()))
+            continue
+        prepare_data(recipe, out)
+        check_shards(recipe)
+        tokenizer = load_tokenizer(recipe.data.tokenizer)
+        init_state, source = None, ""
+        init = recipe.train.init_from
+        if init == "previous":
+            source = str(out / f"stage{recipe.stage - 1}" / SHARED_WEIGHTS)
+        elif init:
+            source = init
+        if source:
+            if not Path(source).is_file():
+                raise ConfigError(f"train.init_from: {source} not found (run the previous stage first)")
+            init_state = load_file(source)
+        runner = StageRunner(recipe, ds_cfg, stage_dir, tokenizer, init_state=init_state, init_source=source,
+                             resume=args.resume)
+        result = runner.train()
+        state = runner.fp32_weights()
+        if mdist.is_main_process():
+            from momo_ds.engine.checkpoint import without_decoders
+
+            meta = {"stage": recipe.stage, "preset": recipe.preset, "model": _model_dict(runner.model_cfg),
+                    "tokenizer": recipe.data.tokenizer, "steps": runner.step}
+            result.encoder = str(runner.export(state, meta))
+            shared = {k: v.contiguous() for k, v in without_decoders(state).items()}
+            tmp = stage_dir / f".{SHARED_WEIGHTS}.tmp"
+            save_file(shared, str(tmp))
+            os.replace(tmp, stage_dir / SHARED_WEIGHTS)
+            (stage_dir / DONE).write_text(json.dumps(result.__dict__, indent=2))
+        mdist.barrier()
+        runner.close()
+        results.append(result.__dict__)
+    if mdist.is_main_process():
+        print_results(results)
+    return results
+
+
+def _model_dict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def print_results(results: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="momo-ds pretraining results")
+    for col in ("stage", "steps", "wall s", "steps/s", "samples/s", "final losses", "encoder"):
+        table.add_column(col)
+    for r in results:
+        losses = ", ".join(f"{k.split('/')[0]}:{k.split('/')[-1].replace('_loss', '')}={v:.3f}"
+                           for k, v in r.get("final", {}).items() if k.endswith("_loss"))
+        table.add_row(str(r["stage"]), str(r["steps"]), f"{r['wall_s']:.1f}", f"{r['steps_per_s']:.2f}",
+                      f"{r['samples_per_s']:.1f}", losses, r.get("encoder", ""))
+    Console().print(table)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        stage_recipes(args.config, args.stage)  # fail fast on a bad --config before starting processes' work
+        init_distributed()
+        start = time.perf_counter()
+        run(args)
+        if mdist.is_main_process():
+            print(f"[momo_ds] done in {time.perf_counter() - start:.1f} s; outputs in {args.out}")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # data errors (missing shard, empty stream, bad tokenizer path) are ValueErrors
+        if type(e).__name__ != "DataError":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,237 @@
+"""One training stage: build model/optimizer/engine/loader, run CMGA steps, checkpoint, export.
+
+Called once per stage by :mod:`momo_ds.engine.run`; every rank runs the same code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from momo_ds import distributed as mdist
+from momo_ds.config import ConfigError, ModelConfig, RecipeConfig, to_dict
+from momo_ds.engine import checkpoint as ckpt
+from momo_ds.engine.cmga import CMGAStep, accumulate
+from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, zero_stage
+from momo_ds.engine.metrics import MetricsWriter, StageConsole
+from momo_ds.engine.optim import build_optimizer, build_scheduler
+
+FAULT_ENV = "MOMO_FAULT_AT_STEP"  # tests: raise after this optimizer step, as if the job were killed
+
+
+@dataclass
+class StageResult:
+    stage: int
+    steps: int
+    wall_s: float
+    steps_per_s: float
+    samples_per_s: float
+    final: dict[str, float] = field(default_factory=dict)
+    encoder: str = ""
+
+
+def device_for_rank() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    if acc.device_name() == "cuda":
+        torch.cuda.set_device(mdist.get_local_rank())
+        return torch.device("cuda", mdist.get_local_rank())
+    return torch.device("cpu")
+
+
+def build_stage_model(recipe: RecipeConfig, tokenizer) -> tuple[torch.nn.Module, ModelConfig]:
+    """The stage's model in fp32 on the host; vocabulary and image size checked against the data."""
+    from momo_ds.model import build_model
+
+    mcfg = recipe.model_config()
+    if tokenizer is not None:
+        if tokenizer.vocab_size > mcfg.vocab_size:
+            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={mcfg.vocab_size}")
+        if tokenizer.pad_id != mcfg.pad_token_id:
+            mcfg.pad_token_id = tokenizer.pad_id
+    if recipe.data.image_size != mcfg.img_size:
+        raise ConfigError(f"data.image_size={recipe.data.image_size} differs from the model's img_size={mcfg.img_size}")
+    return build_model(mcfg), mcfg
+
+
+def init_from_previous(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load encoder and shared heads from fp32 weights; decoders stay fresh. Unexpected keys are an error."""
+    state = ckpt.without_decoders(state)
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if unexpected:
+        raise RuntimeError(f"initialising from {source}: unexpected weights {unexpected[:5]} (model config mismatch?)")
+    missing, _ = model.load_state_dict(state, strict=False)
+    not_fresh = [k for k in missing if not k.startswith(ckpt.DECODER_PREFIXES) and not _tied_or_head(k)]
+    if not_fresh:
+        raise RuntimeError(f"initialising from {source}: weights missing for {not_fresh[:5]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def _tied_or_head(key: str) -> bool:
+    # Heads that a previous stage may not have had; they start fresh like decoders.
+    return any(s in key for s in ("lm_head", "itm", "proj", "logit_scale"))
+
+
+class StageRunner:
+    def __init__(self, recipe: RecipeConfig, ds_cfg: dict[str, Any], stage_dir: Path, tokenizer,
+                 init_state: Optional[dict[str, torch.Tensor]] = None, init_source: str = "",
+                 resume: bool = False, log_every: Optional[int] = None):
+        import deepspeed
+
+        self.recipe, self.stage_dir, self.tokenizer = recipe, Path(stage_dir), tokenizer
+        self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
+        self.main = self.rank == 0
+        self.device = device_for_rank()
+        self.ds_cfg = resolve_ds_config(ds_cfg, recipe, self.world)
+        self.dtype = ds_dtype(self.ds_cfg)
+        self.ckpt_dir = self.stage_dir / "checkpoints"
+        if self.main:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.stage_dir / "config.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
+            ckpt.atomic_write_text(self.stage_dir / "ds_config.json", json.dumps(self.ds_cfg, indent=2))
+        mdist.barrier()
+
+        torch.manual_seed(recipe.train.seed)
+        model, self.model_cfg = build_stage_model(recipe, tokenizer)
+        if init_state is not None:
+            init_from_previous(model, init_state, init_source)
+        optimizer = build_optimizer(model, recipe.train, self.device.type)
+        scheduler = build_scheduler(optimizer, recipe.train)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=self.ds_cfg)
+        touch = zero_stage(self.ds_cfg) == 3 or uses_offload(self.ds_cfg)
+        self.cmga = CMGAStep(self.engine, recipe.data.streams, mdist.TorchDist.current(), self.dtype, self.device,
+                             touch_unused=touch)
+
+        from momo_ds.data import build_stage_loader
+
+        self.loader = build_stage_loader(recipe.data, tokenizer=tokenizer, patch_size=self.model_cfg.patch_size,
+                                         rank=self.rank, world_size=self.world)
+        self.step = 0
+        self.counters = {"samples": 0, "tokens": 0, "elapsed_s": 0.0}
+        if resume:
+            self._maybe_resume()
+        self.log_every = log_every or recipe.train.log_every
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def _maybe_resume(self) -> None:
+        tag = ckpt.latest_tag(self.ckpt_dir)
+        if tag is None:
+            return
+        client, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag)
+        self.step = int(client["step"])
+        self.counters = dict(client.get("counters", self.counters))
+        self.loader.load_state_dict(rank_state["loader"])
+        ckpt.set_rng_state(rank_state["rng"])
+        if self.main:
+            print(f"[momo_ds] resumed stage {self.recipe.stage} from {self.ckpt_dir / tag} at step {self.step}")
+
+    def save(self) -> Path:
+        client = {"step": self.step, "stage": self.recipe.stage, "counters": self.counters}
+        rank_state = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
+        return ckpt.save(self.engine, self.ckpt_dir, self.step, client, rank_state, self.recipe.train.keep_last)
+
+    # --------------------------------------------------------------------------------------------------- train
+    def train(self) -> StageResult:
+        cfg = self.recipe.train
+        total = cfg.max_steps
+        console = StageConsole(self.recipe.stage, total, self.step, enabled=self.main)
+        writer = MetricsWriter(self.stage_dir, enabled=self.main)
+        fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+        running, window_steps, window_samples, window_tokens = None, 0, 0, 0
+        window_start = time.perf_counter()
+        last: dict[str, float] = {}
+        try:
+            while self.step < total:
+                result = self.cmga(self.loader.next())
+                self.step += 1
+                running = accumulate(running, result)
+                window_steps += 1
+                window_samples += result.samples
+                window_tokens += result.tokens
+                if self.step % self.log_every == 0 or self.step == total:
+                    elapsed = time.perf_counter() - window_start
+                    last = self._log_row(running, window_steps, window_samples, window_tokens, elapsed)
+                    self.counters["samples"] += window_samples * self.world
+                    self.counters["tokens"] += window_tokens * self.world
+                    self.counters["elapsed_s"] += elapsed
+                    writer.write(self.step, last)
+                    console.update(self.step, _short(last))
+                    running, window_steps, window_samples, window_tokens = None, 0, 0, 0
+                    window_start = time.perf_counter()
+                else:
+                    console.advance_to(self.step)
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < total:
+                    self.save()
+                if fault_at and self.step == fault_at:
+                    raise SystemExit(f"[momo_ds] fault injected after step {self.step} ({FAULT_ENV})")
+            final_dir = self.ckpt_dir / ckpt.tag_for(self.step)
+            if not final_dir.is_dir():
+                self.save()
+        finally:
+            console.close()
+            writer.close()
+        elapsed = max(self.counters["elapsed_s"], 1e-9)
+        result = StageResult(stage=self.recipe.stage, steps=self.step, wall_s=elapsed,
+                             steps_per_s=self.step / elapsed, samples_per_s=self.counters["samples"] / elapsed,
+                             final=last)
+        console.print_summary(f"stage {self.recipe.stage} done", {
+            "steps": self.step, "wall time (s)": round(elapsed, 1), "steps/s": result.steps_per_s,
+            "samples/s": result.samples_per_s, **last})
+        return result
+
+    def _log_row(self, running, steps: int, samples: int, tokens: int, elapsed: float) -> dict[str, float]:
+        """Host sync point: average the window's loss terms over steps and ranks."""
+        keys = sorted(running)
+        means = mdist.all_reduce_mean(torch.stack([running[k] for k in keys]) / steps).tolist()
+        row = {k: float(v) for k, v in zip(keys, means)}
+        row["lr"] = float(self.engine.get_lr()[0])
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        row["samples_per_s"] = samples * self.world / max(elapsed, 1e-9)
+        row["tokens_per_s"] = tokens * self.world / max(elapsed, 1e-9)
+        for stream, reasons in mdist.sum_counts(self.loader.skip_counts()).items():
+            row[f"{stream}/skipped"] = float(sum(reasons.values()))
+        return row
+
+    # -------------------------------------------------------------------------------------------------- export
+    def fp32_weights(self) -> Optional[dict[str, torch.Tensor]]:
+        """fp32 master weights of the final checkpoint (rank 0 reads the ZeRO shards; other ranks get None)."""
+        mdist.barrier()
+        state = ckpt.fp32_state_dict(self.ckpt_dir, ckpt.tag_for(self.step)) if self.main else None
+        mdist.barrier()
+        return state
+
+    def export(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+        from momo_ds.model import build_model
+
+        model = build_model(self.model_cfg)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not _tied_or_head(k)] + list(unexpected)
+        if bad:
+            raise RuntimeError(f"export: checkpoint and model disagree on {bad[:5]}")
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        return ckpt.export_encoder(model, self.stage_dir / "encoder.safetensors", meta)
+
+    def close(self) -> None:
+        self.loader.close()
+        self.engine.destroy() if hasattr(self.engine, "destroy") else None
+
+
+def _short(row: dict[str, float]) -> dict[str, float]:
+    """What fits on the progress line: per-objective losses, LR, throughput, skipped samples."""
+    out = {}
+    for k, v in row.items():
+        if k.endswith("_loss") or k in ("lr", "samples_per_s", "tokens_per_s") or k.endswith("/skipped"):
+            out[k.replace("_loss", "").replace("samples_per_s", "smp/s").replace("tokens_per_s", "tok/s")] = v
+    return out
