@@ -1,0 +1,90 @@
+"""Single-process units of the trainer: batch arithmetic, schedule, parameter groups, RNG state, NaN guard."""
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from momo_ds.config import ConfigError, load_recipe, packaged_recipe
+from momo_ds.engine.checkpoint import rng_state, set_rng_state
+from momo_ds.engine.cmga import CMGAStep, NonFiniteLossError
+from momo_ds.engine.ds_config import load_ds_config, resolve_ds_config
+from momo_ds.engine.optim import lr_lambda, param_groups
+
+
+def stage3():
+    return load_recipe(packaged_recipe("tiny", 3))
+
+
+@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3", "zero2_offload"])
+def test_shipped_ds_configs_resolve(name):
+    cfg = resolve_ds_config(load_ds_config(f"ds_configs/{name}.json"), stage3(), world_size=4)
+    assert cfg["train_micro_batch_size_per_gpu"] == 128  # 64 text + 64 pairs per rank per step
+    assert cfg["train_batch_size"] == 512 and cfg["gradient_accumulation_steps"] == 1
+    assert cfg["gradient_clipping"] == 1.0 and cfg["bf16"]["enabled"] is True
+    assert cfg["data_types"]["grad_accum_dtype"] == "fp32"
+
+
+def test_contradictory_batch_size_is_a_start_up_error():
+    ds = load_ds_config("ds_configs/zero2.json") | {"train_batch_size": 256}
+    with pytest.raises(ConfigError) as e:
+        resolve_ds_config(ds, stage3(), world_size=4)
+    assert "train_batch_size=256 contradicts the recipe" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=4"):
+        resolve_ds_config(load_ds_config("ds_configs/zero2.json") | {"gradient_accumulation_steps": 4},
+                          stage3(), world_size=1)
+
+
+def test_optimizer_section_refused_and_bad_json(tmp_path):
+    with pytest.raises(ConfigError, match="'optimizer' section"):
+        resolve_ds_config({"optimizer": {"type": "Adam"}}, stage3(), 1)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_ds_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_ds_config(tmp_path / "missing.json")
+
+
+def test_lr_schedule_warmup_then_cosine():
+    vals = [lr_lambda(s, warmup=10, total=110, min_ratio=0.1) for s in range(110)]
+    assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
+    assert vals[10] == pytest.approx(1.0) and vals[60] == pytest.approx(0.55)
+    assert all(a >= b for a, b in zip(vals[10:], vals[11:]))
+    assert lr_lambda(10_000, 10, 110, 0.1) == pytest.approx(0.1)
+    assert math.isclose(lr_lambda(0, 0, 100, 0.0), 1.0)
+
+
+def test_param_groups_no_decay_for_norms_biases_embeddings_temperature():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token_embed = torch.nn.Embedding(10, 4)
+            self.lin = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.logit_scale = torch.nn.Parameter(torch.ones(1))
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.token_embed.weight  # tied: listed once
+    decay, no_decay = param_groups(M(), 0.05)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 5 and no_decay["weight_decay"] == 0.0
+
+
+def test_rng_state_roundtrip_is_json_safe():
+    torch.manual_seed(3); random.seed(3); np.random.seed(3)
+    state = json.loads(json.dumps(rng_state()))
+    a = (torch.rand(3), random.random(), np.random.rand())
+    set_rng_state(state)
+    b = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_non_finite_loss_stops_before_step_naming_stream_and_objective():
+    terms = {"text/loss": torch.tensor(1.0), "text/mlm_loss": torch.tensor(1.0),
+             "pair/loss": torch.tensor(float("nan")), "pair/itc_loss": torch.tensor(float("inf")),
+             "pair/cmm_image_loss": torch.tensor(0.5)}
+    with pytest.raises(NonFiniteLossError) as e:
+        CMGAStep._raise_if_non_finite(terms)
+    assert "pair stream, itc_loss" in str(e.value) and "text" not in str(e.value)
