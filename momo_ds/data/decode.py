@@ -1,0 +1,124 @@
+"""Raw webdataset sample → checked members: images to RGB, captions to str, labels to int.
+
+Only the extensions below are ever decoded, by hand, from bytes: webdataset's automatic decoders are not used, so
+nothing in a shard is unpickled. A member with any other extension makes the sample unusable
+(``unknown_extension``), except harmless metadata (``json``), which is ignored and never parsed.
+"""
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import SampleError, SkipStats
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+TEXT_EXT = "txt"
+LABEL_EXT = "cls"
+IGNORED_EXTS = ("json",)  # common metadata beside images (img2dataset, HF ImageNet shards); never parsed
+KNOWN_EXTS = frozenset(IMAGE_EXTS + (TEXT_EXT, LABEL_EXT) + IGNORED_EXTS)
+# MPO: the multi-picture JPEG that many cameras write; Pillow opens such .jpg files as MPO.
+PIL_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
+
+
+def members(sample: dict) -> dict:
+    """The data members of a raw sample (drops webdataset's ``__key__``/``__url__``... entries)."""
+    return {k: v for k, v in sample.items() if not k.startswith("__")}
+
+
+def check_members(sample: dict, kind: str) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    """Validate the member set of a raw sample for a stream ``kind``.
+
+    Returns the (image, text, label) extensions to use (None where absent/not needed); raises SampleError for
+    an unknown extension or a missing member.
+    """
+    m = members(sample)
+    unknown = sorted(k for k in m if k not in KNOWN_EXTS)
+    if unknown:
+        raise SampleError(SkipStats.UNKNOWN_EXTENSION, f"{sample.get('__key__')}: {unknown}")
+    img_ext = next((e for e in IMAGE_EXTS if e in m), None)
+    txt_ext = TEXT_EXT if TEXT_EXT in m else None
+    cls_ext = LABEL_EXT if LABEL_EXT in m else None
+    if kind in ("image", "pair") and img_ext is None:
+        raise SampleError(SkipStats.MISSING_KEY, f"{sample.get('__key__')}: no image member")
+    if kind in ("text", "pair") and txt_ext is None:
+        raise SampleError(SkipStats.MISSING_KEY, f"{sample.get('__key__')}: no txt member")
+    if kind == "text":
+        img_ext = None
+    if kind != "image":
+        cls_ext = None
+    if kind == "image":
+        txt_ext = None
+    for ext in (img_ext, txt_ext, cls_ext):
+        if ext is not None and len(m[ext]) == 0:
+            raise SampleError(SkipStats.EMPTY_MEMBER, f"{sample.get('__key__')}.{ext}")
+    return img_ext, txt_ext, cls_ext
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB.
+
+    16/32-bit grey (I;16*, I, F) is rescaled to 8 bits (Pillow's own conversion clips at 255); images with alpha
+    or palette transparency are composited on white (dropping alpha would expose arbitrary colours under
+    transparent pixels); CMYK, L, P, YCbCr... use Pillow's conversion.
+    """
+    mode = img.mode
+    if mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.uint16)
+        return Image.fromarray((arr >> 8).astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.size and float(arr.max()) > 255.0:
+            arr = arr / 257.0
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    if mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded image bytes → fully decoded RGB PIL image (EXIF orientation applied)."""
+    if not data:
+        raise SampleError(SkipStats.EMPTY_MEMBER, "zero-byte image")
+    try:
+        img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+        img.load()  # decode now: truncated data raises here, not later inside a transform
+        if "exif" in img.info:
+            ImageOps.exif_transpose(img, in_place=True)
+        return _to_rgb(img)
+    except SampleError:
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad bytes
+        raise SampleError(SkipStats.CORRUPT_IMAGE, f"{type(e).__name__}: {e}") from None
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 caption/document bytes → stripped text (BOM removed); blank → SampleError(empty_text)."""
+    if not data:
+        raise SampleError(SkipStats.EMPTY_MEMBER, "zero-byte txt")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SampleError(SkipStats.BAD_UTF8, str(e)) from None
+    text = text.lstrip("\ufeff").strip()
+    if not text:
+        raise SampleError(SkipStats.EMPTY_TEXT, "blank text")
+    return text
+
+
+def decode_label(data: bytes) -> int:
+    """ASCII integer class label → int (>= 0)."""
+    try:
+        value = int(bytes(data).decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise SampleError(SkipStats.BAD_LABEL, repr(bytes(data[:20]))) from None
+    if value < 0:
+        raise SampleError(SkipStats.BAD_LABEL, str(value))
+    return value

@@ -1,0 +1,95 @@
+"""The main job end to end on CPU: default three-stage run, exact resume on 2 ranks, stage hand-over, and
+one-line start-up errors. Runs are judged by the files they write."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.multirank import ROOT, launch, tail
+
+pytestmark = pytest.mark.timeout(900)
+SMALL = ["data.synthetic_num=256", "train.log_every=1"]
+
+
+def pretrain(args, env=None, timeout=600):
+    """One process, plain python (what `deepspeed tools/pretrain.py` starts on a CPU machine)."""
+    return subprocess.run([sys.executable, "tools/pretrain.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "2", **(env or {})})
+
+
+def test_default_main_job_runs_all_stages(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(["deepspeed", "tools/pretrain.py", "--ds_config", "ds_configs/zero2.json", "--out", str(out),
+                           "--max_steps", "3", "--save_every", "2", "--no_eval", "--set", *SMALL],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    for n in (1, 2, 3):
+        d = out / f"stage{n}"
+        assert (d / "DONE.json").is_file(), f"stage {n} did not finish:\n{tail(proc)}"
+        rows = (d / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 4 and "lr" in rows[0] and "samples_per_s" in rows[0]
+        assert (d / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+        assert (d / "config.yaml").is_file() and list((d / "tensorboard").iterdir())
+        enc = load_file(str(d / "encoder.safetensors"))
+        assert enc and not any("decoder" in k for k in enc)
+        meta = json.loads((d / "encoder.json").read_text())
+        assert meta["stage"] == n and meta["model"]["embed_dim"] == 128
+    header = (out / "stage3" / "metrics.csv").read_text().splitlines()[0]
+    for term in ("text/mlm_loss", "pair/cmm_image_loss", "pair/cmm_text_loss", "pair/itc_loss", "pair/itm_loss"):
+        assert term in header
+    assert "momo-ds pretraining results" in proc.stdout
+
+
+def _stage3(out, extra=(), env=None):
+    args = ["--ds_config", "ds_configs/zero2.json", "--config", "tiny", "--stage", "3", "--out", str(out),
+            "--max_steps", "4", "--save_every", "2", "--no_eval", *extra,
+            "--set", *SMALL, "train.init_from=", "data.num_workers=1"]
+    return launch("tools/pretrain.py", args, env=env)
+
+
+def test_killed_run_resumes_bitwise_on_two_ranks(tmp_path):
+    a, b = tmp_path / "straight", tmp_path / "killed"
+    p1 = _stage3(a)
+    assert (a / "stage3" / "DONE.json").is_file(), tail(p1)
+    p2 = _stage3(b, env={"MOMO_FAULT_AT_STEP": "3"})
+    assert not (b / "stage3" / "DONE.json").is_file(), "fault injection did not stop the run"
+    assert (b / "stage3" / "checkpoints" / "latest").read_text().strip() == "step_00000002", tail(p2)
+    p3 = _stage3(b, extra=["--resume"])
+    assert (b / "stage3" / "DONE.json").is_file(), tail(p3)
+    assert "resumed stage 3" in p3.stdout
+    for name in ("shared_fp32.safetensors", "encoder.safetensors"):
+        x, y = load_file(str(a / "stage3" / name)), load_file(str(b / "stage3" / name))
+        assert set(x) == set(y)
+        diff = [k for k in x if not torch.equal(x[k], y[k])]
+        assert not diff, f"{name}: resumed weights differ from the uninterrupted run in {diff[:5]}"
+
+
+def test_stage2_starts_from_stage1_weights(tmp_path):
+    out = tmp_path / "run"
+    common = ["--ds_config", "ds_configs/zero2.json", "--out", str(out), "--no_eval", "--set", *SMALL]
+    p1 = pretrain(["--stage", "1", "--max_steps", "2", *common])
+    assert (out / "stage1" / "DONE.json").is_file(), tail(p1)
+    p2 = pretrain(["--stage", "2", "--max_steps", "0", *common])  # no update: stage 2's weights are its init
+    assert (out / "stage2" / "DONE.json").is_file(), tail(p2)
+    s1, s2 = load_file(str(out / "stage1" / "shared_fp32.safetensors")), load_file(str(out / "stage2" / "shared_fp32.safetensors"))
+    enc1 = load_file(str(out / "stage1" / "encoder.safetensors"))
+    assert enc1 and all(torch.equal(enc1[k], load_file(str(out / "stage2" / "encoder.safetensors"))[k]) for k in enc1)
+    assert all(torch.equal(s1[k], s2[k]) for k in s1 if k in s2)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
+    (["--config", "nope"], "--config 'nope'"),
+    (["--ds_config", "tests/data/ds_contradiction.json"], "train_batch_size=7 contradicts the recipe"),
+    (["--set", "data.synthetic=false"], "no shards given"),
+    (["--set", "data.synthetic=false", "data.streams.0.shards=[/nonexistent/shard-{000..001}.tar]"],
+     "/nonexistent/shard-000.tar"),
+])
+def test_bad_start_up_input_is_one_line_error(tmp_path, args, needle):
+    proc = pretrain(["--out", str(tmp_path / "o"), "--stage", "1", "--max_steps", "1", *args], timeout=300)
+    assert proc.returncode != 0
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and needle in err[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
