@@ -150,3 +150,17 @@ def sum_counts(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
             for reason, n in reasons.items():
                 total.setdefault(stream, {})[reason] = total.get(stream, {}).get(reason, 0) + int(n)
     return total
+
+
+@torch.no_grad()
+def gather_variable(x: Tensor) -> Tensor:
+    """x: [n_rank, ...] with n differing between ranks -> [sum n, ...] in rank order (evaluation features)."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = gather(n).tolist()
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        x = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))], dim=0)
+    parts = gather(x).split(longest, dim=0)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)

@@ -130,7 +130,16 @@ def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
 
 
 def without_decoders(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
+    """Encoder and shared heads: no decoder weights, and tied weights stored once (the token embedding is
+    kept; the LM head is re-tied to it on load)."""
+    out, seen = {}, set()
+    for k in sorted(state, key=lambda k: k.startswith("lm_head.")):
+        v = state[k]
+        if k.startswith(DECODER_PREFIXES) or (v.untyped_storage().data_ptr(), v.storage_offset()) in seen:
+            continue
+        seen.add((v.untyped_storage().data_ptr(), v.storage_offset()))
+        out[k] = v
+    return out
 
 
 def export_encoder(model_fp32, path: Path, meta: dict[str, Any]) -> Path:

@@ -76,24 +76,18 @@ def init_distributed() -> None:
     deepspeed.init_distributed(verbose=False)
 
 
-def prepare_data(recipe: RecipeConfig, out: Path) -> None:
-    """Synthetic recipes: generate the built-in dataset once (rank 0) and point the streams at it."""
-    if not recipe.data.synthetic:
-        return
-    from momo_ds.data.synthetic import make_synthetic
+def prepare_data(recipe: RecipeConfig, out: Path):
+    """Synthetic recipes: generate the built-in dataset once (rank 0 first) and point the streams at it.
+    Returns the dataset's SyntheticInfo, or None for a recipe with real shards."""
+    from momo_ds.data import resolve_synthetic
 
-    data_dir = out / "data"
+    if not recipe.data.synthetic:
+        return None
     if mdist.is_main_process():
-        make_synthetic(data_dir, num=recipe.data.synthetic_num, image_size=recipe.data.image_size,
-                       seed=recipe.data.seed)
+        resolve_synthetic(recipe.data, out / "data")
     mdist.barrier()
-    info = make_synthetic(data_dir, num=recipe.data.synthetic_num, image_size=recipe.data.image_size,
-                          seed=recipe.data.seed)  # reuses the manifest written above
-    for s in recipe.data.streams:
-        if not s.shards:
-            s.shards = list(info.train_shards(s.kind))
-    if recipe.data.tokenizer in ("", "synthetic"):
-        recipe.data.tokenizer = str(info.tokenizer)
+    recipe.data, info = resolve_synthetic(recipe.data, out / "data")  # reuses what rank 0 wrote
+    return info
 
 
 def check_shards(recipe: RecipeConfig) -> None:

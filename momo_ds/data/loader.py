@@ -1,0 +1,259 @@
+"""Stage loader (one never-ending micro-batch stream per StreamConfig) with resumable state; eval loader.
+
+    loader = build_stage_loader(data_cfg, tokenizer=tok, patch_size=16, rank=r, world_size=w)
+    batches = loader.next()          # {stream name: ImageBatch | TextBatch | PairBatch}, data_cfg.streams order
+    state = loader.state_dict()      # JSON-serialisable, per rank
+    loader.load_state_dict(state)    # next() continues exactly where the saved loader was
+
+Each stream has its own DataLoader with ``data_cfg.num_workers`` workers (0: in-process). Workers yield whole
+batches in strict round robin; every batch carries its slot's position and cumulative skip counts (see
+stream.py), so the main process always knows the exact position of every slot *as consumed by the trainer*
+(prefetched batches are not counted) and the skip counts of all its workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import DataConfig, StreamConfig
+from .errors import DataError, SampleError, SkipStats
+from .shards import TarErrorCounter, check_shards, raw_samples
+from .stream import SampleProcessor, StreamDataset, StreamSpec
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+def probe_stream(spec: StreamSpec, tokenizer) -> None:
+    """Start-up check: read the stream's shards in order until one sample decodes; DataError if none does."""
+    processor = SampleProcessor(dataclasses.replace(spec, train=False, augment="none"), tokenizer)
+    skips = SkipStats()
+    for url in spec.urls:
+        for raw in raw_samples([url], handler=TarErrorCounter(skips, spec.name)):
+            try:
+                processor(raw, 0)
+                return
+            except SampleError as e:
+                skips.add(e.reason)
+    raise DataError(f"stream {spec.name!r} ({spec.kind}) yields no usable sample from its {len(spec.urls)} "
+                    f"shard(s) (first: {spec.urls[0]}; skipped: {skips.as_dict() or 'nothing read'})")
+
+
+def _make_spec(s: StreamConfig, data_cfg: DataConfig, patch_size: int, rank: int, world_size: int) -> StreamSpec:
+    if data_cfg.image_size % patch_size:
+        raise DataError(f"data.image_size={data_cfg.image_size} is not a multiple of patch_size={patch_size}")
+    if not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is outside world_size {world_size}")
+    if s.repeat <= 0:
+        raise DataError(f"stream {s.name!r}: repeat={s.repeat} must be > 0")
+    return StreamSpec(name=s.name, kind=s.kind, urls=check_shards(s.name, s.shards), batch_size=s.batch_size,
+                      image_size=data_cfg.image_size, patch_size=patch_size, augment=s.augment,
+                      image_mask_ratio=s.image_mask_ratio, text_mask_ratio=s.text_mask_ratio,
+                      max_text_len=s.max_text_len, seed=data_cfg.seed, shuffle_buffer=data_cfg.shuffle_buffer,
+                      repeat=s.repeat, rank=rank, world_size=world_size)
+
+
+class _StreamRunner:
+    """Main-process side of one stream: its DataLoader and the consumed position of every worker slot."""
+
+    def __init__(self, spec: StreamSpec, tokenizer, num_workers: int, pin_memory: bool):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.num_workers = num_workers
+        self.slots_n = max(1, num_workers)
+        self.pin_memory = pin_memory
+        self.slots = [[0, 0, 0, 0] for _ in range(self.slots_n)]
+        self.batches = 0
+        self.base_skips = SkipStats()
+        self.worker_skips: dict[int, dict] = {}
+        self._loader: Optional[DataLoader] = None
+        self._it: Optional[Iterator] = None
+
+    def _start(self) -> None:
+        ds = StreamDataset(self.spec, self.tokenizer, starts=[list(p) for p in self.slots],
+                           rotation=self.batches % self.slots_n)
+        if self.num_workers == 0:
+            self._it = iter(ds)
+        else:
+            self._loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                      pin_memory=self.pin_memory, prefetch_factor=2)
+            self._it = iter(self._loader)
+
+    def next(self):
+        if self._it is None:
+            self._start()
+        batch, meta = next(self._it)
+        slot = meta["slot"]
+        if slot != self.batches % self.slots_n:  # the exact-resume bookkeeping relies on strict round robin
+            raise RuntimeError(f"stream {self.spec.name!r}: batch from worker slot {slot}, expected "
+                               f"{self.batches % self.slots_n}")
+        self.slots[slot] = list(meta["pos"])
+        self.worker_skips[slot] = meta["skips"]
+        self.batches += 1
+        return batch
+
+    def skips(self) -> SkipStats:
+        total = self.base_skips.copy()
+        for counts in self.worker_skips.values():
+            total.update(counts)
+        return total
+
+    def epoch(self) -> int:
+        return min(p[0] for p in self.slots)
+
+    def state_dict(self) -> dict:
+        s = self.spec
+        return {"kind": s.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
+                "num_slots": self.slots_n, "batch_size": s.batch_size, "num_shards": len(s.urls),
+                "repeat": s.repeat, "epoch": self.epoch(), "batches": self.batches,
+                "samples": self.batches * s.batch_size, "slots": [list(p) for p in self.slots],
+                "skips": self.skips().as_dict()}
+
+    def load_state_dict(self, d: dict, strict: bool) -> None:
+        s = self.spec
+        expected = {"kind": s.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
+                    "num_slots": self.slots_n, "batch_size": s.batch_size, "num_shards": len(s.urls),
+                    "repeat": s.repeat}
+        diff = {k: (d.get(k), v) for k, v in expected.items() if d.get(k) != v}
+        self.shutdown()
+        self.base_skips = SkipStats(d.get("skips", {}))
+        self.worker_skips = {}
+        if not diff:
+            self.slots = [list(p) for p in d["slots"]]
+            self.batches = int(d["batches"])
+            return
+        msg = f"stream {s.name!r}: saved loader state does not match ({', '.join(f'{k}: saved {a}, now {b}' for k, (a, b) in diff.items())})"
+        if strict:
+            raise DataError(msg + "; pass strict=False to restart at the saved epoch")
+        log.warning("%s; restarting every worker slot at epoch %d", msg, max(p[0] for p in d["slots"]))
+        epoch = max(p[0] for p in d["slots"])
+        nbatch = max(p[3] for p in d["slots"])
+        self.slots = [[epoch, 0, 0, nbatch] for _ in range(self.slots_n)]
+        self.batches = 0
+
+    def shutdown(self) -> None:
+        it, self._it, self._loader = self._it, None, None
+        if it is None:
+            return
+        if hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        elif hasattr(it, "close"):
+            it.close()
+
+
+class StageLoader:
+    """One micro-batch per stream per call of :meth:`next`; see the module docstring."""
+
+    def __init__(self, data_cfg: DataConfig, *, tokenizer, patch_size: int, rank: int = 0, world_size: int = 1,
+                 pin_memory: Optional[bool] = None, check: bool = True):
+        if not data_cfg.streams:
+            raise DataError("data.streams is empty")
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available() and data_cfg.num_workers > 0
+        specs = [_make_spec(s, data_cfg, patch_size, rank, world_size) for s in data_cfg.streams]
+        if check:
+            for spec in specs:
+                probe_stream(spec, tokenizer)
+        self.streams = [_StreamRunner(sp, tokenizer, data_cfg.num_workers, pin_memory) for sp in specs]
+
+    def next(self) -> dict:
+        return {r.spec.name: r.next() for r in self.streams}
+
+    def __iter__(self) -> "StageLoader":
+        return self
+
+    def __next__(self) -> dict:
+        return self.next()
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "streams": {r.spec.name: r.state_dict() for r in self.streams}}
+
+    def load_state_dict(self, d: dict, strict: bool = True) -> None:
+        """Restore positions; with ``strict`` a layout change (workers, world size, seed, shards...) is an error."""
+        if d.get("version") != STATE_VERSION:
+            raise DataError(f"loader state version {d.get('version')!r}; this code reads {STATE_VERSION}")
+        saved = d["streams"]
+        missing = [r.spec.name for r in self.streams if r.spec.name not in saved]
+        if missing and strict:
+            raise DataError(f"loader state has no stream(s) {missing}; saved: {sorted(saved)}")
+        for r in self.streams:
+            if r.spec.name in saved:
+                r.load_state_dict(saved[r.spec.name], strict)
+
+    def skip_counts(self) -> dict[str, dict[str, int]]:
+        return {r.spec.name: r.skips().as_dict() for r in self.streams}
+
+    def samples_seen(self) -> dict[str, int]:
+        return {r.spec.name: r.batches * r.spec.batch_size for r in self.streams}
+
+    def epochs(self) -> dict[str, int]:
+        """Per stream, the epoch every worker slot has reached (the lowest slot epoch)."""
+        return {r.spec.name: r.epoch() for r in self.streams}
+
+    def close(self) -> None:
+        for r in self.streams:
+            r.shutdown()
+
+    def __enter__(self) -> "StageLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def build_stage_loader(data_cfg: DataConfig, *, tokenizer, patch_size: int, rank: int = 0, world_size: int = 1,
+                       pin_memory: Optional[bool] = None) -> StageLoader:
+    """The training loader of a stage (checks every stream's shards at start; raises DataError)."""
+    return StageLoader(data_cfg, tokenizer=tokenizer, patch_size=patch_size, rank=rank, world_size=world_size,
+                       pin_memory=pin_memory)
+
+
+class EvalLoader:
+    """One ordered pass per iteration (no augmentation, no masks, labels kept, last batch may be partial)."""
+
+    def __init__(self, spec: StreamSpec, tokenizer, num_workers: int = 0):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.num_workers = num_workers
+        self._latest: dict[int, dict] = {}
+
+    def __iter__(self) -> Iterator:
+        ds = StreamDataset(self.spec, self.tokenizer)
+        source = iter(ds) if self.num_workers == 0 else iter(
+            DataLoader(ds, batch_size=None, num_workers=self.num_workers))
+        self._latest: dict[int, dict] = {}
+        for batch, meta in source:
+            self._latest[meta["slot"]] = meta["skips"]
+            yield batch
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skip counts of the last (or current) pass, as far as its batches were consumed."""
+        total = SkipStats()
+        for counts in self._latest.values():
+            total.update(counts)
+        return total.as_dict()
+
+
+def build_eval_loader(urls: Sequence[str], kind: str, *, tokenizer, image_size: int, patch_size: int,
+                      batch_size: int, max_text_len: int = 64, rank: int = 0, world_size: int = 1,
+                      num_workers: int = 0, name: str = "eval") -> EvalLoader:
+    """A finite evaluation loader over ``urls`` (split across ranks: disjoint, complete)."""
+    if kind not in ("image", "text", "pair"):
+        raise DataError(f"eval kind {kind!r}; valid: image, text, pair")
+    if image_size % patch_size:
+        raise DataError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
+    spec = StreamSpec(name=name, kind=kind, urls=check_shards(name, list(urls)), batch_size=batch_size,
+                      image_size=image_size, patch_size=patch_size, augment="none", max_text_len=max_text_len,
+                      rank=rank, world_size=world_size, train=False, shuffle_buffer=0)
+    probe_stream(spec, tokenizer)
+    return EvalLoader(spec, tokenizer, num_workers)

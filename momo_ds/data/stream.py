@@ -1,0 +1,190 @@
+"""One stream on one loader slot: raw samples → decoded, augmented samples → masked micro-batches.
+
+A *slot* is (rank, worker). ``StreamDataset`` runs in each DataLoader worker (or in-process with 0 workers) and
+yields ``(batch, meta)`` forever (training) or for one ordered pass (evaluation). ``meta`` is the side channel to
+the main process: the slot's position *after* this batch and its cumulative skip counts.
+
+Position = [epoch, raw, window, batches]: the next raw sample (index in the slot's shuffled epoch stream), the
+next window of that document (text streams split long documents), and the slot's batch count. A slot started from
+a position rebuilds that epoch's pipeline, drops ``raw`` raw samples without decoding them, and continues:
+per-sample randomness is seeded from (seed, stream, epoch, slot, raw index) and masks from (seed, stream, slot,
+batch count), so the batches are bitwise those the uninterrupted slot would have produced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .collate import collate_images, collate_pairs, collate_texts
+from .decode import check_members, decode_image, decode_label, decode_text
+from .errors import DataError, SampleError, SkipStats
+from .rng import isolated_global_rng, mix_seed, reseed_global_rng, torch_generator
+from .shards import TarErrorCounter, epoch_shards, raw_samples, split_for_slot
+from .transforms import build_image_transform
+
+MAX_EMPTY_EPOCHS = 10  # a slot that sees this many consecutive empty epochs has no data: fail instead of spinning
+
+
+@dataclass
+class StreamSpec:
+    """Everything a worker needs to produce one stream's batches (picklable)."""
+
+    name: str
+    kind: str  # image | text | pair
+    urls: list[str]  # expanded shard URLs
+    batch_size: int
+    image_size: int
+    patch_size: int
+    augment: str = "rrc"
+    image_mask_ratio: float = 0.75
+    text_mask_ratio: float = 0.15
+    max_text_len: int = 128
+    seed: int = 0
+    shuffle_buffer: int = 2000
+    repeat: float = 1.0
+    rank: int = 0
+    world_size: int = 1
+    train: bool = True  # False: one ordered pass, no augmentation, no masks, partial last batch, text truncated
+    resampled: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.kind}"
+
+
+class SampleProcessor:
+    """Raw sample → list of model samples (several for a long text document); raises SampleError."""
+
+    def __init__(self, spec: StreamSpec, tokenizer):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        augment = spec.augment if spec.train else "none"
+        self.random = augment != "none"
+        self.transform = None if spec.kind == "text" else build_image_transform(augment, spec.image_size, spec.kind)
+        self.windows = spec.train and spec.kind == "text"
+
+    def _tokens(self, data: bytes) -> list[list[int]]:
+        ids = self.tokenizer.encode_one(decode_text(data))
+        if not ids:
+            raise SampleError(SkipStats.EMPTY_TEXT, "no tokens")
+        n = self.spec.max_text_len
+        if self.windows:
+            return [ids[i: i + n] for i in range(0, len(ids), n)]
+        return [ids[:n]]
+
+    def _image(self, data: bytes, seed: int):
+        img = decode_image(data)
+        if not self.random:
+            return self.transform(img)
+        with isolated_global_rng():
+            reseed_global_rng(seed)
+            return self.transform(img)
+
+    def __call__(self, raw: dict, seed: int) -> list:
+        img_ext, txt_ext, cls_ext = check_members(raw, self.spec.kind)
+        if self.spec.kind == "text":
+            return self._tokens(raw[txt_ext])
+        label = decode_label(raw[cls_ext]) if cls_ext else None
+        seqs = self._tokens(raw[txt_ext]) if txt_ext else None
+        x = self._image(raw[img_ext], seed)
+        if self.spec.kind == "pair":
+            return [(x, seqs[0])]
+        return [(x, label)]
+
+
+def collate_stream(spec: StreamSpec, items: list, pad_id: int, seed: int):
+    """Model samples → the stream's batch type, masks drawn with a generator seeded by ``seed``."""
+    g = torch_generator(seed)
+    image_ratio = spec.image_mask_ratio if spec.train else 0.0
+    text_ratio = spec.text_mask_ratio if spec.train else 0.0
+    if spec.kind == "image":
+        return collate_images([x for x, _ in items], [y for _, y in items], spec.patch_size, image_ratio, g)
+    if spec.kind == "text":
+        return collate_texts(items, pad_id, text_ratio, g)
+    return collate_pairs([x for x, _ in items], [t for _, t in items], spec.patch_size, pad_id, image_ratio,
+                         text_ratio, g)
+
+
+class StreamDataset(IterableDataset):
+    """Yields ``(batch, meta)``; ``starts[w]`` is the start position of logical worker w.
+
+    rotation: physical worker p plays logical worker ``(p + rotation) % num_workers``. The DataLoader always
+    asks worker 0 first; after a restore the next batch must come from logical worker ``batches % num_workers``.
+    """
+
+    def __init__(self, spec: StreamSpec, tokenizer, starts: Optional[list[list[int]]] = None, rotation: int = 0):
+        super().__init__()
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.starts = starts
+        self.rotation = rotation
+
+    def __iter__(self) -> Iterator[tuple[object, dict]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        logical = (worker + self.rotation) % workers
+        start = list(self.starts[logical]) if self.starts else [0, 0, 0, 0]
+        return self.iter_slot(logical, workers, start)
+
+    def _raw_epoch(self, epoch: int, worker: int, workers: int, counter: TarErrorCounter) -> Iterator[dict]:
+        s = self.spec
+        slot = s.rank * workers + worker
+        shuffle_seed = mix_seed(s.seed, s.key, "shuffle", epoch, slot) if s.train else None
+        if s.resampled and s.train:
+            draws = max(1, round(s.repeat * len(s.urls) / (s.world_size * workers)))
+            return raw_samples([], handler=counter, shuffle_buffer=s.shuffle_buffer, shuffle_seed=shuffle_seed,
+                               resample=(s.urls, draws, mix_seed(s.seed, s.key, "resample", epoch, slot)))
+        window = epoch_shards(s.urls, epoch, repeat=s.repeat, seed=s.seed, key=s.key, shuffle=s.train)
+        shards, filters = split_for_slot(window, s.rank, s.world_size, worker, workers)
+        return raw_samples(shards, handler=counter, filters=filters, shuffle_buffer=s.shuffle_buffer,
+                           shuffle_seed=shuffle_seed)
+
+    def iter_slot(self, worker: int, workers: int, start: Optional[list[int]] = None) -> Iterator[tuple[object, dict]]:
+        """Batches of logical worker ``worker`` of ``workers`` (on this spec's rank) from position ``start``."""
+        s = self.spec
+        epoch, raw0, win0, nbatch = start or [0, 0, 0, 0]
+        slot = s.rank * workers + worker
+        processor = SampleProcessor(s, self.tokenizer)
+        pad_id = getattr(self.tokenizer, "pad_id", 0)
+        skips = SkipStats()
+        counter = TarErrorCounter(skips, s.name)
+        buf: list = []
+        empty_epochs = 0
+        while True:
+            produced = False
+            counter.active = raw0 == 0
+            for raw_idx, raw in enumerate(self._raw_epoch(epoch, worker, workers, counter)):
+                if raw_idx < raw0:
+                    continue  # fast-forward of a restored slot: no decoding
+                counter.active = True
+                try:
+                    items = processor(raw, mix_seed(s.seed, s.key, "sample", epoch, slot, raw_idx))
+                except SampleError as e:
+                    skips.add(e.reason)
+                    continue
+                for j, item in enumerate(items):
+                    if raw_idx == raw0 and j < win0:
+                        continue
+                    produced = True
+                    buf.append(item)
+                    if len(buf) == s.batch_size:
+                        nbatch += 1
+                        pos = [epoch, raw_idx, j + 1] if j + 1 < len(items) else [epoch, raw_idx + 1, 0]
+                        batch = collate_stream(s, buf, pad_id, mix_seed(s.seed, s.key, "mask", slot, nbatch))
+                        buf = []
+                        yield batch, {"slot": worker, "pos": pos + [nbatch], "skips": skips.as_dict()}
+            raw0 = win0 = 0
+            if not s.train:
+                if buf:
+                    nbatch += 1
+                    batch = collate_stream(s, buf, pad_id, 0)
+                    yield batch, {"slot": worker, "pos": [epoch + 1, 0, 0, nbatch], "skips": skips.as_dict()}
+                return
+            epoch += 1
+            empty_epochs = 0 if produced else empty_epochs + 1
+            if empty_epochs >= MAX_EMPTY_EPOCHS:
+                raise DataError(f"stream {s.name!r}: rank {s.rank} worker {worker} got no usable sample in "
+                                f"{MAX_EMPTY_EPOCHS} consecutive epochs ({len(s.urls)} shards for "
+                                f"{s.world_size * workers} loader slots; skipped: {skips.as_dict()})")

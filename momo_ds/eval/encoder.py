@@ -1,0 +1,58 @@
+"""Load an exported encoder (``<out>/stageN/encoder.safetensors`` + its ``.json``) without the trainer."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from momo_ds.config import ConfigError, ModelConfig, from_dict
+
+
+@dataclass
+class LoadedEncoder:
+    model: torch.nn.Module  # MoMo with no decoders, eval mode
+    config: ModelConfig
+    meta: dict[str, Any]
+    tokenizer: Optional[str]  # path/name recorded at export
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """Build the model from the export's recorded config and load its weights; one-line errors on mismatch."""
+    from momo_ds.model import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"encoder file not found: {path}")
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise ValueError(f"{meta_path} is missing: an exported encoder needs its config beside it")
+    meta = json.loads(meta_path.read_text())
+    if "model" not in meta:
+        raise ValueError(f"{meta_path} has no 'model' config")
+    try:
+        cfg = from_dict(ModelConfig, {**meta["model"], "decoders": []}, "model").validate()
+    except ConfigError as e:
+        raise ValueError(f"{meta_path}: {e}") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    model = build_model(cfg)
+    shapes = {k: tuple(v.shape) for k, v in model.export_state_dict().items()}
+    wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"encoder/config mismatch: {k} has shape {tuple(state[k].shape)} in {path.name} but "
+                         f"{shapes[k]} in the recorded config")
+    try:
+        model.load_exported(state, heads=any(k.startswith("image_proj.") for k in state))
+    except ValueError as e:
+        raise ValueError(f"encoder/config mismatch in {path.name}: {e}") from None
+    model.to(device).eval()
+    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=meta.get("tokenizer"))
+

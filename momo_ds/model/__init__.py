@@ -1,0 +1,25 @@
+"""The MoMo model: embeddings, attention backends, the shared encoder, decoders, heads, export.
+
+    model = build_model("tiny", depth=2)          # preset name or ModelConfig, keyword overrides
+    out = model(batch, {"mim": 1.0})              # out["loss"], out["mim_loss"]
+"""
+from __future__ import annotations
+
+from typing import Union
+
+from momo_ds.config import ModelConfig
+from momo_ds.model.export import export_state_dict, resolve_config, timm_model_for, to_timm_state_dict
+from momo_ds.model.masking import mask_images, mask_pairs, mask_text, random_patch_masks
+from momo_ds.model.momo import OBJECTIVE_TERMS, MoMo
+
+
+def build_model(preset_or_config: Union[str, ModelConfig] = "tiny", **overrides) -> MoMo:
+    """Build MoMo from a preset (``tiny`` | ``base`` | ``large``) or a ModelConfig, with ModelConfig overrides.
+
+    Builds on the current default device (``with torch.device("meta"):`` to count parameters without memory).
+    """
+    return MoMo(resolve_config(preset_or_config, **overrides))
+
+
+__all__ = ["build_model", "MoMo", "OBJECTIVE_TERMS", "resolve_config", "export_state_dict", "to_timm_state_dict",
+           "timm_model_for", "random_patch_masks", "mask_images", "mask_text", "mask_pairs"]

@@ -1,0 +1,90 @@
+"""Export: encoder-only weights, and their conversion to a timm VisionTransformer (image path).
+
+What ``export_state_dict`` keeps (the paper discards the decoders after pretraining):
+  cls_token, image_embed.* (patch projection), text_embed.* (token + position embeddings), type_embed.*,
+  encoder.* (blocks + final norm) and, with ``heads=True``, the contrastive projections and logit_scale
+  (needed for zero-shot retrieval). Never: decoders, the MLM output bias, the ITM head.
+The fixed sin-cos image positions are not weights (a non-persistent buffer recomputed from the config).
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import TYPE_CHECKING, Union
+
+import torch
+from torch import Tensor, nn
+
+from momo_ds.config import ModelConfig, from_dict, model_preset
+from momo_ds.model.embeddings import sincos_2d
+
+if TYPE_CHECKING:
+    from momo_ds.model.momo import MoMo
+
+ENCODER_PREFIXES = ("cls_token", "image_embed.", "text_embed.", "type_embed.", "encoder.")
+HEAD_PREFIXES = ("image_proj.", "text_proj.", "logit_scale")
+
+
+def resolve_config(preset_or_config: Union[str, ModelConfig], **overrides) -> ModelConfig:
+    """A validated ModelConfig from a preset name or a ModelConfig, with keyword overrides (unknown key = error)."""
+    if isinstance(preset_or_config, str):
+        return model_preset(preset_or_config, **overrides)
+    if isinstance(preset_or_config, ModelConfig):
+        values = {**dataclasses.asdict(preset_or_config), **overrides}
+        return from_dict(ModelConfig, values, "model").validate()
+    raise TypeError(f"expected a preset name or a ModelConfig, got {type(preset_or_config).__name__}")
+
+
+def export_state_dict(model: "MoMo", heads: bool = True) -> dict[str, Tensor]:
+    """The exported subset of ``model.state_dict()`` (tensors share storage with the model)."""
+    prefixes = ENCODER_PREFIXES + (HEAD_PREFIXES if heads else ())
+    return {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+
+
+def load_exported(model: "MoMo", state: dict[str, Tensor], heads: bool = True) -> None:
+    """Load an export into ``model``; every exported key must be present and match (the rest stays as is)."""
+    want = export_state_dict(model, heads)
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(k for k in state if k not in want and not (not heads and k.startswith(HEAD_PREFIXES)))
+    if missing or unexpected:
+        raise ValueError(f"exported state dict does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.load_state_dict({k: state[k] for k in want}, strict=False)
+    model.tie_weights()
+
+
+def to_timm_state_dict(exported: dict[str, Tensor],
+                       preset_or_config: Union[str, ModelConfig]) -> dict[str, Tensor]:
+    """Exported MoMo weights -> state dict of timm's VisionTransformer (image path, ``global_pool='token'``).
+
+    timm adds ``pos_embed`` [1, 1 + N, D] to [CLS, patches]: our [CLS] gets no position or type, our patches
+    get sin-cos positions + the image type embedding, so both fold into it. Blocks and the final norm keep
+    their names (minus ``encoder.``). Load with ``strict=True`` into :func:`timm_model_for` (or
+    ``timm.create_model('vit_base_patch16_224', num_classes=0)`` / ``vit_large_patch16_224`` for base / large).
+    """
+    cfg = resolve_config(preset_or_config)
+    patch_w = exported["image_embed.patch_embed.proj.weight"]
+    dim = patch_w.shape[0]
+    image_type = exported["type_embed.weight"][0]
+    pos = sincos_2d(cfg.img_size // cfg.patch_size, dim).to(image_type) + image_type
+    out = {
+        "cls_token": exported["cls_token"],
+        "pos_embed": torch.cat([torch.zeros_like(pos[:1]), pos])[None],
+        "patch_embed.proj.weight": patch_w,
+        "patch_embed.proj.bias": exported["image_embed.patch_embed.proj.bias"],
+    }
+    for k, v in exported.items():
+        if k.startswith("encoder."):
+            out[k[len("encoder."):]] = v
+    return out
+
+
+def timm_model_for(preset_or_config: Union[str, ModelConfig]) -> nn.Module:
+    """An uninitialised timm VisionTransformer with this config's image-encoder shape (no download)."""
+    from timm.models.vision_transformer import VisionTransformer  # noqa: PLC0415 (only needed at export)
+
+    cfg = resolve_config(preset_or_config)
+    return VisionTransformer(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
+        depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, num_classes=0,
+        global_pool="token", class_token=True, norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps), weight_init="skip")

@@ -1,0 +1,115 @@
+"""Image-text matching with global hard negatives (VLMo's "global hard negative mining", ALBEF-style sampling).
+
+For each local positive pair one negative text and one negative image are drawn from the gathered batch with
+probability softmax(similarity) over the *other* candidates (the positive is excluded exactly, not merely made
+unlikely). The negatives' raw inputs are gathered without gradient and encoded jointly on this rank; a 2-way
+classifier on the joint [CLS] is trained with cross-entropy over [positives; (image, neg text); (neg image, text)]
+with labels 1, 0, 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from momo_ds.objectives.contrastive import logit_scale_value
+from momo_ds.objectives.dist import LOCAL, DistContext
+
+
+@dataclass
+class JointInputs:
+    """Raw inputs of the joint encoder for a set of pairs.
+
+    images: [B, C, H, W]; patch_keep: [B, Nk] visible patches or None (all patches)
+    ids, positions: [B, L] int64 text tokens and their positions; mask: [B, L] bool (True = real token)
+    """
+
+    images: Tensor
+    patch_keep: Optional[Tensor]
+    ids: Tensor
+    positions: Tensor
+    mask: Tensor
+
+    def gather(self, dist: DistContext, pad_id: int) -> "JointInputs":
+        """Every rank's inputs, concatenated in rank order (text padded to the longest rank). No gradient."""
+        return JointInputs(
+            images=dist.gather(self.images),
+            patch_keep=None if self.patch_keep is None else dist.gather(self.patch_keep),
+            ids=dist.gather_padded(self.ids, pad_id),
+            positions=dist.gather_padded(self.positions, 0),
+            mask=dist.gather_padded(self.mask, False),
+        )
+
+    def select(self, image_idx: Tensor, text_idx: Tensor) -> "JointInputs":
+        """Pairs (images[image_idx[k]], text[text_idx[k]]) -> JointInputs of len(image_idx) rows."""
+        return JointInputs(
+            images=self.images.index_select(0, image_idx),
+            patch_keep=None if self.patch_keep is None else self.patch_keep.index_select(0, image_idx),
+            ids=self.ids.index_select(0, text_idx),
+            positions=self.positions.index_select(0, text_idx),
+            mask=self.mask.index_select(0, text_idx),
+        )
+
+
+def sample_hard_negatives(sim_i2t: Tensor, sim_t2i: Tensor, rank: int,
+                          generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    """Draw one hard negative per local row, never the positive.
+
+    sim_i2t: [B, B_global] local images vs all texts; sim_t2i: [B, B_global] local texts vs all images
+    (scaled similarities; the positive of local row i is global column rank*B + i).
+    returns (neg_text_idx [B], neg_image_idx [B]) global indices.
+    """
+    b, b_global = sim_i2t.shape
+    if b_global < 2:
+        raise ValueError(f"ITM hard negatives need at least 2 pairs in the global batch, got {b_global}")
+    positive = (rank * b + torch.arange(b, device=sim_i2t.device))[:, None]
+
+    def draw(sim: Tensor) -> Tensor:
+        # -inf on the positive: softmax gives it exactly 0 and renormalises over the others (no underflow to an
+        # all-zero row, unlike zeroing the positive after the softmax).
+        weights = sim.detach().float().scatter(1, positive, float("-inf")).softmax(dim=1)
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+    return draw(sim_i2t), draw(sim_t2i)
+
+
+def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: JointInputs,
+             encode_cls: Callable[[JointInputs], Tensor], head: Callable[[Tensor], Tensor],
+             dist: Optional[DistContext] = None, pad_id: int = 0, generator: Optional[torch.Generator] = None,
+             positive_cls: Optional[Tensor] = None) -> dict[str, Tensor]:
+    """{"itm_loss", "itm_acc"}.
+
+    image_emb, text_emb: [B, P] local contrastive embeddings (used detached, only to pick negatives)
+    logit_scale:        [1] log scale applied to the similarities before the sampling softmax
+    inputs:             this rank's B pairs (what the joint encoder sees: full or CMM-visible inputs)
+    encode_cls:         JointInputs of n pairs -> joint [CLS] states [n, D] (the model's joint encoder)
+    head:               [n, D] -> [n, 2] ITM logits
+    positive_cls:       [B, D] joint [CLS] of the positives when already computed (skips re-encoding them)
+    """
+    dist = dist or LOCAL
+    b = image_emb.shape[0]
+    with torch.no_grad():
+        scale = logit_scale_value(logit_scale.detach())
+        image_all = dist.gather(image_emb.detach())
+        text_all = dist.gather(text_emb.detach())
+        sim_i2t = scale * image_emb.detach().float() @ text_all.float().t()
+        sim_t2i = scale * text_emb.detach().float() @ image_all.float().t()
+        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, dist.rank, generator)
+        own = dist.rank * b + torch.arange(b, device=image_emb.device)
+        pool = inputs.gather(dist, pad_id)
+        if positive_cls is None:
+            image_idx, text_idx = torch.cat([own, own, neg_image]), torch.cat([own, neg_text, own])
+        else:
+            image_idx, text_idx = torch.cat([own, neg_image]), torch.cat([neg_text, own])
+        pairs = pool.select(image_idx, text_idx)
+    cls = encode_cls(pairs)
+    if positive_cls is not None:
+        cls = torch.cat([positive_cls.to(cls.dtype), cls])
+    logits = head(cls).float()  # [3B, 2]
+    labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
+    loss = F.cross_entropy(logits, labels)
+    acc = (logits.argmax(dim=1) == labels).float().mean().detach()
+    return {"itm_loss": loss, "itm_acc": acc}
