@@ -1,8 +1,11 @@
 """MoMo model: construction, visible-only encoding vs naive references, backends, gradients, input errors."""
 from __future__ import annotations
 
+import re
 import sys
 import types
+from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +25,7 @@ def _seed(s: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-def _texts(b: int, length: int, vocab: int, gen: torch.Generator, min_len: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def _texts(b: int, length: int, vocab: int, gen: torch.Generator, min_len: int = 3):
     """Right-padded random texts (pad id 0): ids [B, L], mask [B, L] with lengths in [min_len, L]."""
     ids = torch.randint(1, vocab, (b, length), generator=gen)
     lengths = torch.randint(min_len, length + 1, (b,), generator=gen)
@@ -166,7 +169,8 @@ def test_visible_only_encoding_equals_naive_masked_attention():
         im, tx = pb.image, pb.text
         vis_img = torch.zeros(3, n, dtype=torch.bool).scatter(1, im.patch_keep, True)
         vis_txt = _visible_in_full_order(tx)
-        tokens = torch.cat([model.image_embed(im.images) + types[0], model.text_embed(tx.full_ids, full_pos) + types[1]], 1)
+        tokens = torch.cat([model.image_embed(im.images) + types[0],
+                            model.text_embed(tx.full_ids, full_pos) + types[1]], dim=1)
         ref = _naive_encode(model, tokens, torch.cat([vis_img, vis_txt], 1))
         h, _ = model.encode_pair(im.images, tx.input_ids, tx.positions, tx.attention_mask, patch_keep=im.patch_keep)
         nk = im.patch_keep.shape[1]
@@ -311,14 +315,20 @@ def test_activation_checkpointing_keeps_outputs_and_gradients(align):
             torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=n)
 
 
-def test_bf16_autocast_forward_is_finite():
+@pytest.mark.parametrize("mode", ["autocast", "bf16_weights"])
+def test_bf16_forward_is_finite(mode):
+    """bf16 autocast (torch AMP), and bf16 weights without autocast (what a DeepSpeed bf16 engine runs)."""
     model = build_model("tiny", **TINY)
+    if mode == "bf16_weights":
+        model = model.to(torch.bfloat16)
     ib, tb, pb = _batches(4)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        for batch, obj in ((ib, {"mim": 1.0}), (tb, {"mlm": 1.0}), (pb, ALL_PAIR)):
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "autocast" else nullcontext()
+    for batch, obj in ((ib, {"mim": 1.0}), (tb, {"mlm": 1.0}), (pb, ALL_PAIR)):
+        with ctx:
             out = model(batch, obj, touch_unused=True)
-            assert all(torch.isfinite(v).all() for v in out.values()), obj
-    out["loss"].backward()
+        assert all(torch.isfinite(v).all() for v in out.values()), obj
+        out["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_features():
@@ -385,6 +395,31 @@ def test_flash_varlen_without_flash_attn_is_a_build_error():
         pytest.skip("flash_attn is installed")
 
 
+def test_flash_varlen_packing_with_a_reference_kernel(monkeypatch):
+    """The unpad / cu_seqlens / re-pad logic of the flash_varlen backend, with a plain per-sequence kernel in
+    place of flash-attn (padding sits mid-row in decoders: [CLS, patches, text+pad, masked patches, masked text])."""
+    from momo_ds.model import attention
+
+    def varlen_reference(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, causal=False):
+        outs = []
+        for s, e in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+            assert e - s <= max_seqlen
+            q, k, v = qkv[s:e].permute(1, 2, 0, 3)  # [H, n, d] each
+            outs.append(attention.math_attention(q[None], k[None], v[None], None)[0].transpose(0, 1))
+        return torch.cat(outs)
+
+    monkeypatch.setattr(attention, "_flash_varlen_fn", lambda: (varlen_reference, None))
+    model = build_model("tiny", **TINY)
+    _, _, pb = _batches(3)
+    with torch.no_grad():
+        ref = model(pb, {"cmm": 1.0})
+        model.set_attn_backend("flash_varlen")
+        got = model(pb, {"cmm": 1.0})
+        model.set_attn_backend("sdpa")
+    for k in ("cmm_image_loss", "cmm_text_loss"):
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5)
+
+
 def test_apex_detection_ignores_unrelated_apex(monkeypatch):
     from momo_ds.model import norm
 
@@ -413,3 +448,10 @@ def test_masking_helpers_follow_the_batch_contract():
     assert torch.equal(torch.cat([keep, masked], 1).sort(1).values, torch.arange(64).expand(3, 64))
     zero = mask_text(ids, mask, 0.0)
     assert zero.masked_ids.shape == (5, 0) and torch.equal(zero.attention_mask, mask)
+
+
+def test_model_and_objectives_never_import_distributed_or_deepspeed():
+    root = Path(__file__).resolve().parents[1] / "momo_ds"
+    pattern = re.compile(r"^\s*(import|from)\s+(torch\.distributed|deepspeed)\b", re.M)
+    files = sorted((root / "model").glob("*.py")) + sorted((root / "objectives").glob("*.py"))
+    assert files and not [f.name for f in files if pattern.search(f.read_text())]

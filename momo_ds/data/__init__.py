@@ -13,10 +13,10 @@ stream (per-slot sample → batch iterator), loader (stage/eval loaders, resumab
 dataset), errors (DataError, SkipStats), rng (derived seeds).
 """
 from .errors import DataError, SampleError, SkipStats
-from .loader import EvalLoader, StageLoader, build_eval_loader, build_stage_loader
+from .loader import EvalLoader, StageLoader, build_eval_loader, build_stage_loader, check_streams
 from .synthetic import SyntheticInfo, make_synthetic, resolve_synthetic
 from .text import Tokenizer, load_tokenizer, train_wordpiece
 
 __all__ = ["DataError", "SampleError", "SkipStats", "EvalLoader", "StageLoader", "build_eval_loader",
-           "build_stage_loader", "SyntheticInfo", "make_synthetic", "resolve_synthetic", "Tokenizer",
+           "build_stage_loader", "check_streams", "SyntheticInfo", "make_synthetic", "resolve_synthetic", "Tokenizer",
            "load_tokenizer", "train_wordpiece"]

@@ -19,8 +19,8 @@ TEXT_EXT = "txt"
 LABEL_EXT = "cls"
 IGNORED_EXTS = ("json",)  # common metadata beside images (img2dataset, HF ImageNet shards); never parsed
 KNOWN_EXTS = frozenset(IMAGE_EXTS + (TEXT_EXT, LABEL_EXT) + IGNORED_EXTS)
-# MPO: the multi-picture JPEG that many cameras write; Pillow opens such .jpg files as MPO.
-PIL_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
+# Pillow's JPEG opener also returns the multi-picture (MPO) JPEGs that many cameras write.
+PIL_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 def members(sample: dict) -> dict:

@@ -126,14 +126,15 @@ class _StreamRunner:
             self.slots = [list(p) for p in d["slots"]]
             self.batches = int(d["batches"])
             return
-        msg = f"stream {s.name!r}: saved loader state does not match ({', '.join(f'{k}: saved {a}, now {b}' for k, (a, b) in diff.items())})"
+        changes = ", ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in diff.items())
+        msg = f"stream {s.name!r}: saved loader state does not match ({changes})"
         if strict:
             raise DataError(msg + "; pass strict=False to restart at the saved epoch")
         log.warning("%s; restarting every worker slot at epoch %d", msg, max(p[0] for p in d["slots"]))
         epoch = max(p[0] for p in d["slots"])
         nbatch = max(p[3] for p in d["slots"])
         self.slots = [[epoch, 0, 0, nbatch] for _ in range(self.slots_n)]
-        self.batches = 0
+        self.batches = int(d.get("batches", 0))
 
     def shutdown(self) -> None:
         it, self._it, self._loader = self._it, None, None
@@ -150,8 +151,7 @@ class StageLoader:
 
     def __init__(self, data_cfg: DataConfig, *, tokenizer, patch_size: int, rank: int = 0, world_size: int = 1,
                  pin_memory: Optional[bool] = None, check: bool = True):
-        if not data_cfg.streams:
-            raise DataError("data.streams is empty")
+        data_cfg.validate()
         if pin_memory is None:
             pin_memory = torch.cuda.is_available() and data_cfg.num_workers > 0
         specs = [_make_spec(s, data_cfg, patch_size, rank, world_size) for s in data_cfg.streams]
@@ -209,6 +209,12 @@ class StageLoader:
             self.close()
         except Exception:
             pass
+
+
+def check_streams(data_cfg: DataConfig) -> None:
+    """Cheap start-up check (no reading): every stream has shards and every local shard exists (DataError)."""
+    for s in data_cfg.streams:
+        check_shards(s.name, s.shards)
 
 
 def build_stage_loader(data_cfg: DataConfig, *, tokenizer, patch_size: int, rank: int = 0, world_size: int = 1,

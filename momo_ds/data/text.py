@@ -1,4 +1,4 @@
-"""Tokenizers: any Hugging Face tokenizer from a local file/dir/cache, and the tiny preset's trained WordPiece.
+"""Tokenizers: any Hugging Face tokenizer from a local file/dir/cache, and the tiny preset's WordPiece.
 
 Token ids never carry the tokenizer's special tokens ([CLS]/[SEP]): the model adds its own [CLS]. Nothing is
 downloaded: names resolve only through the local Hugging Face cache.
@@ -102,20 +102,34 @@ def load_tokenizer(name_or_path: Union[str, Path]) -> Tokenizer:
 
 
 def train_wordpiece(texts: Iterable[str], path: Union[str, Path], vocab_size: int = 512) -> Tokenizer:
-    """Train a lower-casing BERT-style WordPiece on ``texts`` and save it as ``path`` (tokenizer.json).
+    """Build a lower-casing BERT-style WordPiece tokenizer for ``texts`` and save it as ``path`` (tokenizer.json).
 
-    Deterministic for the same texts in the same order.
+    Vocabulary: the special tokens, the corpus alphabet (as word-initial and ``##`` continuation pieces), then the
+    most frequent words (ties alphabetical) up to ``vocab_size``; words outside it fall back to pieces by
+    WordPiece's greedy longest match. Normalisation and pre-tokenisation are tokenizers' BERT components. This is
+    exactly deterministic (byte-identical file), unlike tokenizers' WordPieceTrainer, whose merge ties depend on
+    hash-map order — and a closed, small-vocabulary corpus such as the synthetic one is covered by whole words.
     """
-    from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+    from collections import Counter
 
-    tok = RustTokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    alphabet = sorted({c for w in counts for c in w})
+    base = SPECIAL_TOKENS + alphabet + ["##" + c for c in alphabet]
+    if len(base) > vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the special tokens + alphabet ({len(base)})")
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    vocab = {t: i for i, t in enumerate(base + sorted(words[: vocab_size - len(base)]))}
+    tok = RustTokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
-                                        show_progress=False)
-    tok.train_from_iterator(list(texts), trainer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

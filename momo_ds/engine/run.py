@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> list:
     if args.save_every is not None:
         overrides.append(f"train.save_every={args.save_every}")
     recipes = [load_recipe(f, overrides) for f in files]  # every recipe validated before any work starts
-    results = []
+    results, info = [], None
     for recipe in recipes:
         stage_dir = out / f"stage{recipe.stage}"
         if args.resume and (stage_dir / DONE).is_file():
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> list:
                 print(f"[momo_ds] stage {recipe.stage} already finished in {stage_dir}; skipping")
             results.append(json.loads((stage_dir / DONE).read_text()))
             continue
-        prepare_data(recipe, out)
+        info = prepare_data(recipe, out) or info
         check_shards(recipe)
         tokenizer = load_tokenizer(recipe.data.tokenizer)
         init_state, source = None, ""
@@ -153,7 +153,25 @@ def run(args: argparse.Namespace) -> list:
         results.append(result.__dict__)
     if mdist.is_main_process():
         print_results(results)
+        if info is not None and not args.no_eval:
+            evaluate_run(out, [r["stage"] for r in results], info)
+    mdist.barrier()
     return results
+
+
+def evaluate_run(out: Path, stages: list[int], info) -> dict:
+    """Synthetic runs: retrieval and linear probe of each stage's encoder on the held-out split -> eval.json."""
+    from momo_ds.eval.runner import evaluate_synthetic, write_report
+
+    report = {}
+    for n in stages:
+        enc = out / f"stage{n}" / "encoder.safetensors"
+        if enc.is_file():
+            r = evaluate_synthetic(enc, info)
+            report[f"stage{n}"] = {**{f"retrieval/{k}": v for k, v in r["retrieval"].items()},
+                                   **{f"linear_probe/{k}": v for k, v in r["linear_probe"].items()}}
+    write_report(report, out / "eval.json", title="held-out synthetic evaluation")
+    return report
 
 
 def _model_dict(cfg) -> dict:

@@ -1,8 +1,9 @@
 """Multi-head self-attention with a switchable kernel backend.
 
 Backends (``ModelConfig.attn_backend``):
-  sdpa          torch's scaled_dot_product_attention (flash / mem-efficient / cuDNN kernels on GPU); a boolean
-                key-padding mask is passed only when the caller has padding.
+  sdpa          torch's scaled_dot_product_attention (flash / mem-efficient / cuDNN kernels on GPU). Image-only
+                sequences have no padding and run unmasked; sequences with text pass a boolean key-padding mask
+                (deciding per batch whether it is all-True would cost a host sync).
   math          plain softmax(QK^T / sqrt(d)) V, the reference the tests compare against.
   flash_varlen  flash-attn's variable-length kernel on the unpadded tokens (GPU, fp16/bf16; needs ``flash_attn``).
 """

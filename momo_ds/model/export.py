@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -88,3 +88,35 @@ def timm_model_for(preset_or_config: Union[str, ModelConfig]) -> nn.Module:
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
         depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, num_classes=0,
         global_pool="token", class_token=True, norm_layer=partial(nn.LayerNorm, eps=cfg.ln_eps), weight_init="skip")
+
+
+def from_timm_state_dict(timm_state: dict[str, Tensor], preset_or_config: Union[str, ModelConfig],
+                         text_type: Optional[Tensor] = None, atol: float = 1e-3) -> dict[str, Tensor]:
+    """timm ViT weights (e.g. ``vit_base_patch16_224.mae``, or :func:`to_timm_state_dict` output) -> MoMo names.
+
+    Inverse of :func:`to_timm_state_dict` for the image path; load the result with ``strict=False``. timm's CLS
+    position folds into ``cls_token``; the mean offset of its patch positions from our fixed sin-cos table becomes
+    the image type embedding (0 for MAE, whose positions are this sin-cos table), ``text_type`` [D] (default 0)
+    the text row. Positions that are not sin-cos + a constant (a learned table) raise ValueError.
+    """
+    cfg = resolve_config(preset_or_config)
+    pos = timm_state["pos_embed"][0]  # [1 + N, D]
+    table = sincos_2d(cfg.img_size // cfg.patch_size, pos.shape[-1]).to(pos)
+    if pos.shape[0] != table.shape[0] + 1:
+        raise ValueError(f"timm pos_embed has {pos.shape[0]} rows, expected 1 + {table.shape[0]} for this config")
+    image_type = (pos[1:] - table).mean(dim=0)
+    deviation = float((pos[1:] - table - image_type).abs().max())
+    if deviation > atol:
+        raise ValueError(f"timm pos_embed is not the fixed 2-D sin-cos table (max deviation {deviation:.3g}); "
+                         f"MoMo uses fixed sin-cos image positions")
+    text_type = torch.zeros_like(image_type) if text_type is None else text_type.to(image_type)
+    out = {
+        "cls_token": timm_state["cls_token"] + pos[:1][None],
+        "type_embed.weight": torch.stack([image_type, text_type]),
+        "image_embed.patch_embed.proj.weight": timm_state["patch_embed.proj.weight"],
+        "image_embed.patch_embed.proj.bias": timm_state["patch_embed.proj.bias"],
+    }
+    for k, v in timm_state.items():
+        if k.startswith(("blocks.", "norm.")):
+            out["encoder." + k] = v
+    return out

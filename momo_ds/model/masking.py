@@ -74,8 +74,9 @@ def mask_text(full_ids: Tensor, full_mask: Tensor, mask_ratio: float, pad_id: in
                      masked_ids=masked_ids, masked_valid=masked_valid, full_ids=full_ids, full_mask=full_mask)
 
 
-def mask_pairs(images: Tensor, full_ids: Tensor, full_mask: Tensor, patch_size: int, image_mask_ratio: float = 0.75,
-               text_mask_ratio: float = 0.75, pad_id: int = 0, generator: Optional[torch.Generator] = None) -> PairBatch:
+def mask_pairs(images: Tensor, full_ids: Tensor, full_mask: Tensor, patch_size: int,
+               image_mask_ratio: float = 0.75, text_mask_ratio: float = 0.75, pad_id: int = 0,
+               generator: Optional[torch.Generator] = None) -> PairBatch:
     """PairBatch with CMM masks on both modalities (75% / 75% by default, as the paper)."""
     return PairBatch(image=mask_images(images, patch_size, image_mask_ratio, generator=generator),
                      text=mask_text(full_ids, full_mask, text_mask_ratio, pad_id, generator))

@@ -38,10 +38,13 @@ def pixel_targets(images: Tensor, patch_idx: Tensor, patch_size: int, norm_pix: 
 def masked_pixel_loss(pred: Tensor, images: Tensor, patch_masked: Tensor, patch_size: int, norm_pix: bool) -> Tensor:
     """Mean squared error over the masked patches.
 
-    pred: [B, Nm, p*p*C] predictions at ``patch_masked`` [B, Nm]; images: [B, C, H, W] -> 0-dim float32
+    pred: [B, Nm, p*p*C] predictions at ``patch_masked`` [B, Nm]; images: [B, C, H, W]
+    -> 0-dim float32 (0 when nothing is masked)
     """
     target = pixel_targets(images, patch_masked, patch_size, norm_pix)
-    return (pred.float() - target).pow(2).mean()
+    sq = (pred.float() - target).pow(2)
+    # every image masks the same number of patches, so this is MAE's mean of per-patch means
+    return sq.sum() / max(sq.numel(), 1)
 
 
 def mim_loss(pred: Tensor, images: Tensor, patch_masked: Tensor, patch_size: int,

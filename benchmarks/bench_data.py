@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""How fast is one loader worker? Images/s (decode + augment + mask + collate, 224 px) and text samples/s.
+
+    python benchmarks/bench_data.py [--quick] [--json results/bench_data.json] [--workers 4]
+
+Shards are generated first (photo-like JPEGs of ImageNet's average size and file size, ~500x375 and ~100 KB;
+text documents of 100-400 words) in a temporary folder. Each row runs one loader slot in-process and
+single-threaded, i.e. one DataLoader worker, and times ``--batches`` batches after one warm-up batch.
+``--workers N`` adds a row for the full stage loader with N worker processes (bounded by the machine's cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from momo_ds.config import DataConfig, StreamConfig  # noqa: E402
+from momo_ds.data import build_stage_loader, train_wordpiece  # noqa: E402
+from momo_ds.data.fixtures import WORDS, encode_image, random_sentence, smooth_image, write_samples  # noqa: E402
+from momo_ds.data.stream import StreamDataset, StreamSpec  # noqa: E402
+
+
+def make_data(root: Path, n_images: int, n_docs: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    prng = random.Random(seed)
+    images = []
+    for i in range(n_images):
+        w, h = int(rng.integers(400, 600)), int(rng.integers(300, 450))
+        # Smooth colour field + grain: JPEG sizes near ImageNet's (~110 KB at ~500x375).
+        pixels = np.asarray(smooth_image(rng, w, h), dtype=np.float32) + rng.normal(0, 12, (h, w, 3))
+        img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        images.append({"__key__": f"i{i:07d}", "jpg": encode_image(img, "JPEG", quality=90),
+                       "cls": str(i % 1000).encode(), "txt": random_sentence(prng, prng.randint(5, 20)).encode()})
+    docs = [{"__key__": f"d{i:07d}", "txt": random_sentence(prng, prng.randint(100, 400)).encode()}
+            for i in range(n_docs)]
+    tok = train_wordpiece([" ".join(WORDS)], root / "tokenizer.json")
+    return {"image": write_samples(root / "image", images, 64), "text": write_samples(root / "text", docs, 64),
+            "tok": tok, "jpeg_kb": float(np.mean([len(s["jpg"]) for s in images]) / 1024)}
+
+
+def time_slot(spec: StreamSpec, tok, batches: int) -> tuple[int, float]:
+    """One loader slot in this process, single-threaded like a DataLoader worker (torch.set_num_threads(1))."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _time_slot(spec, tok, batches)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_slot(spec: StreamSpec, tok, batches: int) -> tuple[int, float]:
+    it = StreamDataset(spec, tok).iter_slot(0, 1)
+    next(it)  # warm-up: opens shards, fills the shuffle buffer
+    t0 = time.perf_counter()
+    n = sum(next(it)[0].batch_size for _ in range(batches))
+    return n, time.perf_counter() - t0
+
+
+def versions() -> dict:
+    import PIL
+    import timm
+    import tokenizers
+    import torch
+    import torchvision
+    import webdataset
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "webdataset": webdataset.__version__, "pillow": PIL.__version__,
+            "tokenizers": tokenizers.__version__, "numpy": np.__version__}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny data, few batches")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per row")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=0, help="also time the stage loader with N worker processes")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    batches = args.batches or (2 if args.quick else 12)
+    bs = 8 if args.quick else args.batch_size
+    n_images = bs * (batches + 2)
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        data = make_data(Path(tmp), n_images, n_images)
+        console.print(f"generated {n_images} images ({data['jpeg_kb']:.0f} KB JPEG avg) and {n_images} documents "
+                      f"in {time.perf_counter() - t0:.1f} s")
+        common = dict(batch_size=bs, image_size=args.image_size, patch_size=args.patch_size, shuffle_buffer=bs)
+        rows = [("image rrc + MIM mask 75%", StreamSpec(name="img", kind="image", urls=data["image"], augment="rrc",
+                                                       **common), "images"),
+                ("image randaug + MIM mask 75%", StreamSpec(name="img", kind="image", urls=data["image"],
+                                                           augment="randaug", **common), "images"),
+                ("pair randaug + CMM 75%/75%", StreamSpec(name="pair", kind="pair", urls=data["image"],
+                                                         augment="randaug", text_mask_ratio=0.75,
+                                                         max_text_len=64, **common), "pairs"),
+                ("text windows 128 + MLM 15%", StreamSpec(name="txt", kind="text", urls=data["text"],
+                                                         max_text_len=128, **common), "texts")]
+        for name, spec, unit in rows:
+            n, dt = time_slot(spec, data["tok"], batches)
+            results.append({"name": name, "unit": f"{unit}/s per worker", "per_second": n / dt, "samples": n,
+                            "seconds": dt})
+        if args.workers:
+            cfg = DataConfig(streams=[StreamConfig(name="img", kind="image", shards=data["image"], batch_size=bs)],
+                             image_size=args.image_size, num_workers=args.workers, shuffle_buffer=bs)
+            with build_stage_loader(cfg, tokenizer=data["tok"], patch_size=args.patch_size) as loader:
+                loader.next()
+                t0 = time.perf_counter()
+                n = sum(loader.next()["img"].batch_size for _ in range(batches))
+                dt = time.perf_counter() - t0
+            results.append({"name": f"stage loader, {args.workers} workers, rrc", "unit": "images/s total",
+                            "per_second": n / dt, "samples": n, "seconds": dt})
+    table = Table(title=f"momo_ds.data loader throughput ({args.image_size} px, batch {bs})")
+    for col in ("stream", "throughput", "unit", "samples", "seconds"):
+        table.add_column(col, justify="right" if col != "stream" else "left")
+    for r in results:
+        table.add_row(r["name"], f"{r['per_second']:.1f}", r["unit"], str(r["samples"]), f"{r['seconds']:.2f}")
+    console.print(table)
+    report = {"benchmark": "bench_data", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick,
+              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                          "processor": platform.processor() or platform.machine()},
+              "versions": versions(),
+              "config": {"image_size": args.image_size, "patch_size": args.patch_size, "batch_size": bs,
+                         "batches": batches, "jpeg_kb_avg": data["jpeg_kb"], "workers": args.workers},
+              "results": results}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Evaluation tasks on an exported encoder: retrieval, linear probe, text classification; table + JSON report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from momo_ds import distributed as mdist
+from momo_ds.eval.encoder import LoadedEncoder, load_encoder
+
+TASKS = ("retrieval", "linear_probe", "glue")
+
+
+def _tokenizer(enc: LoadedEncoder, override: Optional[str]):
+    from momo_ds.data import load_tokenizer
+
+    name = override or enc.tokenizer
+    if not name:
+        raise ValueError("no tokenizer recorded with the encoder: pass --tokenizer")
+    return load_tokenizer(name)
+
+
+def _loader(enc: LoadedEncoder, urls: Sequence[str], kind: str, tokenizer, batch_size: int):
+    from momo_ds.data import build_eval_loader
+
+    return build_eval_loader(list(urls), kind, tokenizer=tokenizer, image_size=enc.config.img_size,
+                             patch_size=enc.config.patch_size, batch_size=batch_size,
+                             max_text_len=enc.config.max_text_len, rank=mdist.get_rank(),
+                             world_size=mdist.get_world_size())
+
+
+def run_task(enc: LoadedEncoder, task: str, *, pairs: Sequence[str] = (), train: Sequence[str] = (),
+             val: Sequence[str] = (), glue_task: str = "", tokenizer: Optional[str] = None, batch_size: int = 256,
+             device: torch.device = torch.device("cpu"), **glue_kwargs) -> dict[str, float]:
+    """One evaluation task; raises ValueError (one line) on an unknown task or missing inputs."""
+    from momo_ds.eval.linear_probe import image_features, linear_probe
+    from momo_ds.eval.retrieval import evaluate_retrieval
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if task == "retrieval":
+        if not pairs:
+            raise ValueError("retrieval needs --pairs (image-text pair shards)")
+        tok = _tokenizer(enc, tokenizer)
+        return evaluate_retrieval(enc.model, _loader(enc, pairs, "pair", tok, batch_size), device)
+    if task == "linear_probe":
+        if not train or not val:
+            raise ValueError("linear_probe needs --train and --val (labelled image shards)")
+        tok = _tokenizer(enc, tokenizer)
+        tr = image_features(enc.model, _loader(enc, train, "image", tok, batch_size), device)
+        va = image_features(enc.model, _loader(enc, val, "image", tok, batch_size), device)
+        return linear_probe(tr, va)
+    from momo_ds.eval.text_cls import GLUE_TASKS, finetune_text
+
+    if glue_task not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {glue_task!r}; valid: {', '.join(GLUE_TASKS)}")
+    if len(train) != 1 or len(val) != 1:
+        raise ValueError("glue needs one --train and one --val file (TSV or JSONL)")
+    return finetune_text(enc.model, _tokenizer(enc, tokenizer), GLUE_TASKS[glue_task], train[0], val[0],
+                         device=device, **glue_kwargs)
+
+
+def evaluate_synthetic(encoder_path: str | Path, info, device: torch.device = torch.device("cpu"),
+                       probe_train: int = 2) -> dict[str, Any]:
+    """Retrieval on the synthetic pair validation split and a linear probe (image train -> image val)."""
+    enc = load_encoder(encoder_path, device)
+    return {"encoder": str(encoder_path),
+            "retrieval": run_task(enc, "retrieval", pairs=[info.shards["pair"]["val"]], device=device),
+            "linear_probe": run_task(enc, "linear_probe", train=[info.shards["image"]["train"]],
+                                     val=[info.shards["image"]["val"]], device=device)}
+
+
+def write_report(results: dict[str, Any], path: Optional[str | Path], title: str = "momo-ds evaluation") -> None:
+    """Print a rich table of every numeric result and write the JSON (atomically) when ``path`` is given."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("task", "metric", "value"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for task, metrics in results.items():
+        if isinstance(metrics, dict):
+            for k, v in metrics.items():
+                table.add_row(task, k, f"{v:.2f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    if path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)
