@@ -31,9 +31,10 @@ def reference_step():
     for p in params:  # DeepSpeed updates every parameter (zero gradient where unused): so does the reference
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP))
     opt.step()
-    return norm, {n: p.detach().clone() for n, p in model.named_parameters()}
+    return norm, grads, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,14 @@ def ranks_out(tmp_path_factory):
 @pytest.mark.parametrize("zero", ZEROS)
 def test_cmga_step_matches_plain_pytorch(ranks_out, zero):
     out, proc = ranks_out
-    files = [out / f"zero{zero}_rank{r}.json" for r in (0, 1)] + [out / f"zero{zero}_params.safetensors"]
+    files = [out / f"zero{zero}_rank{r}.json" for r in (0, 1)] + [out / f"zero{zero}_params.safetensors",
+                                                                 out / f"zero{zero}_grads.safetensors"]
     assert all(f.is_file() for f in files), f"ranks did not report for ZeRO-{zero}:\n{tail(proc)}"
-    ref_norm, ref_params = reference_step()
+    ref_norm, ref_grads, ref_params = reference_step()
+    grads = load_file(str(files[3]))  # full gradients at the boundary, before the optimizer step
+    assert set(grads) == set(ref_grads)
+    worst_grad = max(float((grads[k] - ref_grads[k]).abs().max()) for k in grads)
+    assert worst_grad <= 1e-6, f"ZeRO-{zero}: max |grad - reference| = {worst_grad:.3g}"
     norms = [json.loads(f.read_text())["grad_norm"] for f in files[:2]]
     for n in norms:
         assert abs(n - ref_norm) <= 1e-6 * max(1.0, ref_norm), (zero, n, ref_norm)

@@ -84,7 +84,7 @@ def test_stage2_starts_from_stage1_weights(tmp_path):
     (["--config", "nope"], "--config 'nope'"),
     (["--ds_config", "tests/data/ds_contradiction.json"], "train_batch_size=7 contradicts the recipe"),
     (["--set", "data.synthetic=false"], "no shards given"),
-    (["--set", "data.synthetic=false", "data.streams.0.shards=[/nonexistent/shard-{000..001}.tar]"],
+    (["--set", "data.synthetic=false", "data.streams.0.shards=['/nonexistent/shard-{000..001}.tar']"],
      "/nonexistent/shard-000.tar"),
 ])
 def test_bad_start_up_input_is_one_line_error(tmp_path, args, needle):

@@ -71,6 +71,14 @@ class CMGAStep:
         self.check_finite = check_finite
 
     def __call__(self, batches: dict[str, Any]) -> StepResult:
+        """One full CMGA optimizer step: backward on every stream, NaN guard, one ``engine.step()``."""
+        result = self.backward(batches)
+        self.engine.step()
+        return result
+
+    def backward(self, batches: dict[str, Any]) -> StepResult:
+        """Forward + ``engine.backward`` on each stream's micro-batch; gradients are accumulated, not applied.
+        Raises NonFiniteLossError (before any optimizer step) when a loss term is NaN/Inf."""
         n = len(self.streams)
         terms: dict[str, Tensor] = {}
         samples = tokens = 0
@@ -86,7 +94,6 @@ class CMGAStep:
             self.engine.backward(out["loss"])
         if self.check_finite:
             self._raise_if_non_finite(terms)
-        self.engine.step()
         return StepResult(terms=terms, samples=samples, tokens=tokens)
 
     @staticmethod

@@ -8,19 +8,22 @@ from torch import nn
 
 from momo_ds.config import TrainConfig
 
-# Parameters whose name contains one of these get no weight decay (besides every 1-D tensor: norms and biases).
-NO_DECAY_KEYWORDS = ("embed", "cls_token", "mask_token", "logit_scale", "pos_", "type_")
+EMBEDDING_SUFFIXES = ("token_embed.weight", "pos_embed.weight", "logit_scale")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weight matrices, and everything else (norms, biases, embeddings, temperature)."""
+    """Two groups: decayed weight matrices, and everything else: every tensor of ndim <= 1 (norms, biases) and
+    the names the model lists in ``no_weight_decay()`` (token/position/type embeddings, CLS and mask tokens, the
+    temperature). Tied weights are listed once."""
     decay, no_decay = [], []
     seen = set()
+    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    exempt |= {n for n, _ in model.named_parameters() if n.endswith(EMBEDDING_SUFFIXES)}
     for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+        if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if p.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS):
+        if p.ndim <= 1 or name in exempt:
             no_decay.append(p)
         else:
             decay.append(p)

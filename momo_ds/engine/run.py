@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> list:
     from safetensors.torch import load_file, save_file
 
     from momo_ds.data import load_tokenizer
+    from momo_ds.data.loader import check_streams
     from momo_ds.engine.ds_config import load_ds_config
     from momo_ds.engine.stage import StageRunner
 
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> list:
             continue
         info = prepare_data(recipe, out) or info
         check_shards(recipe)
+        check_streams(recipe.data)  # every local shard exists: fail before loading anything
         tokenizer = load_tokenizer(recipe.data.tokenizer)
         init_state, source = None, ""
         init = recipe.train.init_from

@@ -61,6 +61,35 @@ def build_stage_model(recipe: RecipeConfig, tokenizer) -> tuple[torch.nn.Module,
     return build_model(mcfg), mcfg
 
 
+def load_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """A local weights file: safetensors, or a torch checkpoint read with ``weights_only=True`` (MAE releases
+    nest the weights under "model")."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def init_from_mae(model: torch.nn.Module, path: str) -> None:
+    """Initialise the image path of the encoder from timm/MAE ViT weights (decoders and text parts stay fresh)."""
+    from momo_ds.model import from_timm_state_dict
+
+    mapped = from_timm_state_dict(load_weights_file(path), model.cfg)
+    own = model.state_dict()
+    wrong = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ConfigError(f"train.mae_checkpoint {path}: does not fit the model at {wrong[:3]}")
+    model.load_state_dict(mapped, strict=False)
+
+
 def init_from_previous(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load encoder and shared heads from fp32 weights; decoders stay fresh. Unexpected keys are an error."""
     state = ckpt.without_decoders(state)
@@ -103,6 +132,8 @@ class StageRunner:
         model, self.model_cfg = build_stage_model(recipe, tokenizer)
         if init_state is not None:
             init_from_previous(model, init_state, init_source)
+        if recipe.train.mae_checkpoint:
+            init_from_mae(model, recipe.train.mae_checkpoint)
         optimizer = build_optimizer(model, recipe.train, self.device.type)
         scheduler = build_scheduler(optimizer, recipe.train)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,

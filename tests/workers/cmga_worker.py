@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
-from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
+from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from momo_ds import distributed as mdist  # noqa: E402
@@ -27,12 +27,16 @@ def main(out: Path, zeros: list[int]) -> None:
         engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(model), config=ds_config(zero, world))
         step = CMGAStep(engine, STREAMS, mdist.TorchDist.current(), torch.float32, torch.device("cpu"),
                         touch_unused=True)
-        result = step(local_batches(rank, world))
+        result = step.backward(local_batches(rank, world))
+        grads = {n: safe_get_full_grad(p) for n, p in engine.module.named_parameters()}  # at the boundary
+        engine.step()
         params = {n: safe_get_full_fp32_param(p).detach().clone() for n, p in engine.module.named_parameters()}
         norm = float(engine.get_global_grad_norm())
         terms = {k: float(v) for k, v in result.terms.items()}
         if rank == 0:
             save_file({k: v.contiguous() for k, v in params.items()}, str(out / f"zero{zero}_params.safetensors"))
+            save_file({k: v.float().contiguous() for k, v in grads.items() if v is not None},
+                      str(out / f"zero{zero}_grads.safetensors"))
         (out / f"zero{zero}_rank{rank}.json").write_text(json.dumps({"grad_norm": norm, "terms": terms}))
         engine.destroy()
         mdist.barrier()
