@@ -23,7 +23,7 @@ def test_shipped_ds_configs_resolve(name):
     cfg = resolve_ds_config(load_ds_config(f"ds_configs/{name}.json"), stage3(), world_size=4)
     assert cfg["train_micro_batch_size_per_gpu"] == 128  # 64 text + 64 pairs per rank per step
     assert cfg["train_batch_size"] == 512 and cfg["gradient_accumulation_steps"] == 1
-    assert cfg["gradient_clipping"] == 1.0 and cfg["bf16"]["enabled"] is True
+    assert cfg["gradient_clipping"] == 1.0 and cfg["bf16"]["enabled"] is torch.cuda.is_available()
     assert cfg["data_types"]["grad_accum_dtype"] == "fp32"
 
 

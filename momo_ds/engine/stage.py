@@ -134,6 +134,9 @@ class StageRunner:
             init_from_previous(model, init_state, init_source)
         if recipe.train.mae_checkpoint:
             init_from_mae(model, recipe.train.mae_checkpoint)
+        for buf in model.buffers():  # DeepSpeed casts parameters only; fixed sin-cos tables must follow
+            if buf.is_floating_point():
+                buf.data = buf.data.to(self.dtype)
         optimizer = build_optimizer(model, recipe.train, self.device.type)
         scheduler = build_scheduler(optimizer, recipe.train)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
