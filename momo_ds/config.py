@@ -169,6 +169,7 @@ class TrainConfig:
     init_from: str = ""  # "previous" (stage N-1 export in the same --out), a path to encoder.safetensors, or ""
     mae_checkpoint: str = ""  # local timm MAE weights file to initialise the encoder (stage 1)
     seed: int = 0
+    update: str = "cmga"  # cmga: every step sums all streams | alternating: one stream per step (ablation only)
 
 
 @dataclass
@@ -190,6 +191,8 @@ class RecipeConfig:
             raise ConfigError(str(e)) from None
 
     def validate(self) -> "RecipeConfig":
+        if self.train.update not in ("cmga", "alternating"):
+            raise ConfigError(f"train.update={self.train.update!r}; valid: 'cmga', 'alternating'")
         self.data.validate()
         self.model_config()
         return self

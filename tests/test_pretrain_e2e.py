@@ -3,6 +3,7 @@ one-line start-up errors. Runs are judged by the files they write."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ def pretrain(args, env=None, timeout=600):
 def default_run(tmp_path_factory):
     """The README's main job exactly as a user starts it (deepspeed launcher, no arguments but the output dir)."""
     out = tmp_path_factory.mktemp("default") / "run"
-    proc = subprocess.run(["deepspeed", "tools/pretrain.py", "--ds_config", "ds_configs/zero2.json", "--out", str(out)],
+    launcher = Path(sys.executable).with_name("deepspeed")  # the venv's launcher, activated or not
+    proc = subprocess.run([str(launcher) if launcher.exists() else "deepspeed", "tools/pretrain.py", "--ds_config", "ds_configs/zero2.json", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1500)
     return out, proc
 

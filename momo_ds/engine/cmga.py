@@ -61,7 +61,7 @@ class CMGAStep:
     """Runs CMGA steps on a DeepSpeed engine (or any object with the same backward/step interface)."""
 
     def __init__(self, engine, streams: list[StreamConfig], dist_ctx, dtype: torch.dtype, device: torch.device,
-                 touch_unused: bool = True, check_finite: bool = True):
+                 touch_unused: bool = True, check_finite: bool = True, seed: int = 0):
         self.engine = engine
         self.streams = streams
         self.dist = dist_ctx
@@ -69,14 +69,23 @@ class CMGAStep:
         self.device = device
         self.touch_unused = touch_unused
         self.check_finite = check_finite
+        self.seed = seed
 
-    def __call__(self, batches: dict[str, Any]) -> StepResult:
+    def __call__(self, batches: dict[str, Any], step: int = 0) -> StepResult:
         """One full CMGA optimizer step: backward on every stream, NaN guard, one ``engine.step()``."""
-        result = self.backward(batches)
+        result = self.backward(batches, step)
         self.engine.step()
         return result
 
-    def backward(self, batches: dict[str, Any]) -> StepResult:
+    def generator(self, step: int, stream_index: int) -> torch.Generator:
+        """The RNG of the model's own sampling (ITM hard negatives) for one stream at one step, derived from
+        (seed, step, stream, rank): independent of the global RNG, which loader start-up consumes, so a resumed
+        run draws exactly the negatives the uninterrupted run drew."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + step * 8191 + stream_index * 131 + self.dist.rank) % (2 ** 63))
+        return g
+
+    def backward(self, batches: dict[str, Any], step: int = 0) -> StepResult:
         """Forward + ``engine.backward`` on each stream's micro-batch; gradients are accumulated, not applied.
         Raises NonFiniteLossError (before any optimizer step) when a loss term is NaN/Inf."""
         n = len(self.streams)
@@ -88,7 +97,9 @@ class CMGAStep:
             tokens += visible_tokens(host_batch)
             batch = cast_floats(host_batch, self.dtype, self.device)
             self.engine.set_gradient_accumulation_boundary(i == n - 1)
-            out = self.engine(batch, objectives=stream.objectives, dist=self.dist, touch_unused=self.touch_unused)
+            extra = {"generator": self.generator(step, i)} if "itm" in stream.objectives else {}
+            out = self.engine(batch, objectives=stream.objectives, dist=self.dist, touch_unused=self.touch_unused,
+                              **extra)
             for k, v in out.items():
                 terms[f"{stream.name}/{k}"] = v.detach().float()
             self.engine.backward(out["loss"])
@@ -108,10 +119,11 @@ class CMGAStep:
         raise NonFiniteLossError("non-finite loss before the optimizer step: " + "; ".join(bad))
 
 
-def accumulate(running: Optional[dict[str, Tensor]], step: StepResult) -> dict[str, Tensor]:
-    """Running sums of the loss terms over the steps of a logging window (device tensors, no sync)."""
-    if running is None:
-        return {k: v.clone() for k, v in step.terms.items()}
+def accumulate(running: Optional[dict[str, Tensor]], counts: dict[str, int], step: StepResult) -> dict[str, Tensor]:
+    """Running sums of the loss terms over a logging window (device tensors, no sync); ``counts`` (host ints)
+    records how many steps contributed to each term (all of them under CMGA, 1/N of them when alternating)."""
+    running = {} if running is None else running
     for k, v in step.terms.items():
         running[k] = running[k] + v if k in running else v.clone()
+        counts[k] = counts.get(k, 0) + 1
     return running

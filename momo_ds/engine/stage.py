@@ -142,8 +142,16 @@ class StageRunner:
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=self.ds_cfg)
         touch = zero_stage(self.ds_cfg) == 3 or uses_offload(self.ds_cfg)
-        self.cmga = CMGAStep(self.engine, recipe.data.streams, mdist.TorchDist.current(), self.dtype, self.device,
-                             touch_unused=touch)
+        ctx = mdist.TorchDist.current()
+        if recipe.train.update == "alternating":  # ablation: each optimizer step sees one stream, round robin
+            self.steps_per_draw = len(recipe.data.streams)
+            self.updates = [CMGAStep(self.engine, [s], ctx, self.dtype, self.device, touch_unused=touch,
+                                     seed=recipe.train.seed) for s in recipe.data.streams]
+        else:
+            self.steps_per_draw = 1
+            self.updates = [CMGAStep(self.engine, recipe.data.streams, ctx, self.dtype, self.device,
+                                     touch_unused=touch, seed=recipe.train.seed)]
+        self._drawn = None
 
         from momo_ds.data import build_stage_loader
 
@@ -180,26 +188,25 @@ class StageRunner:
         console = StageConsole(self.recipe.stage, total, self.step, enabled=self.main)
         writer = MetricsWriter(self.stage_dir, enabled=self.main)
         fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-        running, window_steps, window_samples, window_tokens = None, 0, 0, 0
+        running, counts, window_samples, window_tokens = None, {}, 0, 0
         window_start = time.perf_counter()
         last: dict[str, float] = {}
         try:
             while self.step < total:
-                result = self.cmga(self.loader.next())
+                result = self._update()
                 self.step += 1
-                running = accumulate(running, result)
-                window_steps += 1
+                running = accumulate(running, counts, result)
                 window_samples += result.samples
                 window_tokens += result.tokens
                 if self.step % self.log_every == 0 or self.step == total:
                     elapsed = time.perf_counter() - window_start
-                    last = self._log_row(running, window_steps, window_samples, window_tokens, elapsed)
+                    last = self._log_row(running, counts, window_samples, window_tokens, elapsed)
                     self.counters["samples"] += window_samples * self.world
                     self.counters["tokens"] += window_tokens * self.world
                     self.counters["elapsed_s"] += elapsed
                     writer.write(self.step, last)
                     console.update(self.step, _short(last))
-                    running, window_steps, window_samples, window_tokens = None, 0, 0, 0
+                    running, counts, window_samples, window_tokens = None, {}, 0, 0
                     window_start = time.perf_counter()
                 else:
                     console.advance_to(self.step)
@@ -222,9 +229,19 @@ class StageRunner:
             "samples/s": result.samples_per_s, **last})
         return result
 
-    def _log_row(self, running, steps: int, samples: int, tokens: int, elapsed: float) -> dict[str, float]:
-        """Host sync point: average the window's loss terms over steps and ranks."""
+    def _update(self):
+        """One optimizer step. CMGA: one micro-batch of every stream. Alternating (ablation): the streams of one
+        loader draw are applied in turn, one optimizer step each (resume is exact only at multiples of N)."""
+        slot = self.step % self.steps_per_draw
+        if slot == 0:
+            self._drawn = self.loader.next()
+        return self.updates[slot](self._drawn, self.step)
+
+    def _log_row(self, running, counts: dict[str, int], samples: int, tokens: int,
+                 elapsed: float) -> dict[str, float]:
+        """Host sync point: average the window's loss terms over the steps that produced them and over ranks."""
         keys = sorted(running)
+        steps = torch.tensor([float(counts[k]) for k in keys], device=running[keys[0]].device)
         means = mdist.all_reduce_mean(torch.stack([running[k] for k in keys]) / steps).tolist()
         row = {k: float(v) for k, v in zip(keys, means)}
         row["lr"] = float(self.engine.get_lr()[0])
