@@ -185,6 +185,7 @@ def run_objective(preset: str, objective: str, args, device, dtype, console) -> 
             "max_text_len": stream.max_text_len if kind != "image" else None,
             "visible_s": tv, "full_s": tf, "optimizer_s": t_opt,
             "time_ratio": tf / tv, "step_ratio_with_optimizer": (tf + t_opt) / (tv + t_opt),
+            "time_ratio_of_minima": min(timing["full"].times) / min(timing["visible"].times),
             "flops_visible": flops["visible"], "flops_full": flops["full"],
             "flop_ratio": flops["full"] / flops["visible"],
             "encoder_flop_ratio": flops["full_encoder"] / flops["visible_encoder"],
@@ -214,11 +215,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-flop-count", action="store_true", help="skip the FlopCounterMode check (math backend)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default 1 on the CPU, see common.set_threads)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
-    set_threads(args.threads)
     device = pick_device(args.device)
+    set_threads(args.threads, device)
     dtype = train_dtype(device, args.dtype)
     default_presets = "tiny" if args.quick else "tiny,base,large" if device.type == "cuda" else "tiny,base"
     presets = (args.presets or default_presets).split(",")

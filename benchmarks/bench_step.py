@@ -160,10 +160,9 @@ def main(argv=None) -> int:
     p.add_argument("--min-text-frac", type=float, default=0.5, help="text lengths uniform in [frac*L, L]")
     p.add_argument("--profile", action="store_true", help="record the top ops of one step per stage")
     p.add_argument("--no-sync-debug", dest="sync_debug", action="store_false", help="GPU: skip the host-sync count")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default 1 on the CPU, see common.set_threads)")
     p.add_argument("--json", default=None, help="write the results here (rank 0)")
     args = p.parse_args(argv)
-    set_threads(args.threads)
     if args.ranks > 1 and not under_torchrun():
         json_path = args.json or str(Path(tempfile.mkdtemp()) / "bench_step.json")
         child = [a for a in (argv if argv is not None else sys.argv[1:])]
@@ -171,6 +170,7 @@ def main(argv=None) -> int:
             child += ["--json", json_path]
         return relaunch_under_torchrun(str(Path(__file__).resolve()), child, args.ranks, json_path)
     device = local_device()
+    set_threads(args.threads, device)
     rank, world = init_distributed(device)
     quiet_deepspeed()
     gpu = device.type == "cuda"

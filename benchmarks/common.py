@@ -64,11 +64,12 @@ def versions() -> dict[str, Optional[str]]:
     return out
 
 
-def set_threads(n: Optional[int]) -> None:
-    """Intra-op CPU threads. On a shared machine one thread per process times far more steadily: a thread pool
-    whose workers are descheduled by other jobs waits at every barrier."""
-    if n:
-        torch.set_num_threads(n)
+def set_threads(n: Optional[int], device: torch.device) -> None:
+    """Intra-op CPU threads: ``n``, or 1 on the CPU. One thread per process times steadily on a shared machine: a
+    thread pool whose workers other jobs deschedule waits at every barrier (a tiny MoMo step measured 50x slower
+    with 2 threads than with 1 on a 2-core machine while another job ran). Pass ``--threads`` on a quiet one."""
+    if n or device.type == "cpu":
+        torch.set_num_threads(n or 1)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tests.multirank import ROOT, launch, tail
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 SMALL = ["data.synthetic_num=256", "train.log_every=1"]
 
 

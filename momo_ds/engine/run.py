@@ -190,11 +190,12 @@ def print_results(results: list[dict]) -> None:
     for col in ("stage", "steps", "wall s", "steps/s", "samples/s", "final losses", "encoder"):
         table.add_column(col)
     for r in results:
-        losses = ", ".join(f"{k.split('/')[0]}:{k.split('/')[-1].replace('_loss', '')}={v:.3f}"
-                           for k, v in r.get("final", {}).items() if k.endswith("_loss"))
+        losses = " ".join(f"{k.replace('_loss', '')}={v:.3f}" for k, v in r.get("final", {}).items()
+                          if k.endswith("_loss"))
         table.add_row(str(r["stage"]), str(r["steps"]), f"{r['wall_s']:.1f}", f"{r['steps_per_s']:.2f}",
                       f"{r['samples_per_s']:.1f}", losses, r.get("encoder", ""))
-    Console().print(table)
+    console = Console()
+    Console(width=max(console.width, 140)).print(table)  # log files (no terminal) would otherwise wrap at 80
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,0 +1,96 @@
+"""Every benchmark runs in --quick mode and writes a JSON report with the expected keys (no timing assertions);
+the analytic FLOP count the benchmarks report equals torch's FlopCounterMode count."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_KEYS = {"benchmark", "date", "quick", "machine", "versions", "config", "results"}
+
+
+def run_quick(script: str, tmp_path: Path, *extra: str, timeout: int = 240) -> dict:
+    out = tmp_path / f"{script}.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--json", str(out),
+                           *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.is_file(), f"{script} wrote no JSON (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}"
+    report = json.loads(out.read_text())
+    assert REPORT_KEYS <= set(report), set(report)
+    assert report["benchmark"] == script and report["quick"] is True
+    assert {"cpu_count", "platform", "gpu"} <= set(report["machine"])
+    assert {"torch", "deepspeed", "timm", "transformers"} <= set(report["versions"])
+    return report
+
+
+def test_bench_encoder_quick(tmp_path):
+    report = run_quick("bench_encoder", tmp_path)
+    rows = report["results"]
+    assert {(r["objective"], r["backend"]) for r in rows} >= {(o, b) for o in ("mim", "mlm", "cmm")
+                                                             for b in ("sdpa", "math")}
+    for r in rows:
+        assert {"visible_s", "full_s", "time_ratio", "flop_ratio", "step_ratio_with_optimizer"} <= set(r)
+        assert r["flop_ratio"] > 1.0
+        if r["backend"] == "math":  # the analytic count is what FlopCounterMode sees on padded lengths
+            assert r["flops_counted"]["visible"] == pytest.approx(r["flops_padded_visible"], rel=0.01)
+            assert r["flops_counted"]["full"] == pytest.approx(r["flops_padded_full"], rel=0.01)
+
+
+def test_bench_step_quick_two_ranks(tmp_path):
+    report = run_quick("bench_step", tmp_path, "--ranks", "2")
+    rows = report["results"]
+    assert [r["stage"] for r in rows] == [1, 2, 3] and all(r["ranks"] == 2 for r in rows)
+    for r in rows:
+        assert {"samples_per_s", "visible_tokens_per_s", "flops_per_step_per_rank", "mfu", "step_s"} <= set(r)
+        assert r["samples_per_s"] > 0 and r["flops_per_step_per_rank"] > 0
+    assert set(rows[2]["streams"]) == {"text", "pair"}
+
+
+def test_bench_memory_quick(tmp_path):
+    report = run_quick("bench_memory", tmp_path)
+    summary = {s["zero"]: s for s in report["results"]["summary"]}
+    assert set(summary) == {0, 1, 2, 3}
+    for s in summary.values():
+        assert {"params", "grads", "master", "optim", "grads_plus_optimizer", "ratio_to_zero0"} <= set(s)
+        assert s["params"] > 0 and s["optim"] > 0
+    assert summary[2]["optim"] < summary[0]["optim"]  # partitioned Adam state
+    assert "target_ratio" in summary[2]
+
+
+def test_bench_peers_quick(tmp_path):
+    report = run_quick("bench_peers", tmp_path)
+    (row,) = report["results"]
+    assert set(row["variants"]) == {"momo_full", "momo_masked", "flava"}
+    assert all(v["samples_per_s"] > 0 for v in row["variants"].values())
+    assert {"momo_total", "flava_total", "flava_trainable"} <= set(row["params"])
+
+
+def test_training_flops_match_flop_counter():
+    """Pair step with every objective (ITM's negatives are padded to the batch's text length, so the padded
+    analytic count is exact)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import synthetic_batch, training_flops
+
+    from momo_ds.config import StreamConfig
+    from momo_ds.model import build_model
+
+    torch.manual_seed(0)
+    objectives = {"cmm": 1.0, "itc": 1.0, "itm": 1.0}
+    stream = StreamConfig(name="pair", kind="pair", objectives=objectives, batch_size=4, text_mask_ratio=0.75,
+                          max_text_len=16)
+    for align in ("full", "masked"):
+        model = build_model("tiny", depth=2, decoder_depth=1, align_inputs=align)
+        batch = synthetic_batch(model.cfg, stream, torch.Generator().manual_seed(0))
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+            model(batch, objectives)["loss"].backward()
+        assert fc.get_total_flops() == pytest.approx(training_flops(model.cfg, batch, objectives, True)["total"],
+                                                     rel=0.01)
