@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.multirank import ROOT, launch, tail
+from tests.multirank import ROOT, free_port, launch, tail
 
 pytestmark = pytest.mark.timeout(1800)
 SMALL = ["data.synthetic_num=256", "train.log_every=1"]
@@ -26,8 +26,9 @@ def default_run(tmp_path_factory):
     """The README's main job exactly as a user starts it (deepspeed launcher, no arguments but the output dir)."""
     out = tmp_path_factory.mktemp("default") / "run"
     launcher = Path(sys.executable).with_name("deepspeed")  # the venv's launcher, activated or not
-    proc = subprocess.run([str(launcher) if launcher.exists() else "deepspeed", "tools/pretrain.py", "--ds_config", "ds_configs/zero2.json", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    cmd = [str(launcher) if launcher.exists() else "deepspeed", f"--master_port={free_port()}", "tools/pretrain.py",
+           "--ds_config", "ds_configs/zero2.json", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, start_new_session=True)
     return out, proc
 
 
