@@ -58,7 +58,8 @@ class FullSequence(nn.Module):
         text = batch.text if isinstance(batch, PairBatch) else batch if isinstance(batch, TextBatch) else None
         b = (image.images if image is not None else text.input_ids).shape[0]
         types = m.type_embed(m.type_ids)
-        parts, keep_idx = [m.cls_token.expand(b, -1, -1)], [torch.zeros(b, 1, dtype=torch.long, device=m.type_ids.device)]
+        parts = [m.cls_token.expand(b, -1, -1)]
+        keep_idx = [torch.zeros(b, 1, dtype=torch.long, device=m.type_ids.device)]  # [CLS] is output row 0
         key_mask, vis_key_mask = None, None
         if image is not None:
             x = m.image_embed(image.images)  # [B, N, D], every patch with its position
@@ -215,7 +216,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-flop-count", action="store_true", help="skip the FlopCounterMode check (math backend)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default 1 on the CPU, see common.set_threads)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default 1 on the CPU, see common.set_threads)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     device = pick_device(args.device)

@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-text-frac", type=float, default=0.5, help="text lengths uniform in [frac*L, L]")
     p.add_argument("--profile", action="store_true", help="record the top ops of one step per stage")
     p.add_argument("--no-sync-debug", dest="sync_debug", action="store_false", help="GPU: skip the host-sync count")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default 1 on the CPU, see common.set_threads)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default 1 on the CPU, see common.set_threads)")
     p.add_argument("--json", default=None, help="write the results here (rank 0)")
     args = p.parse_args(argv)
     if args.ranks > 1 and not under_torchrun():

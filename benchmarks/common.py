@@ -362,12 +362,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_ranks(nproc: int) -> None:
+    """One rank per GPU (NCCL refuses two ranks on one GPU); CPU ranks are unlimited."""
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise SystemExit(f"--ranks {nproc} needs {nproc} GPUs, this machine has {torch.cuda.device_count()}; use "
+                         f"--ranks {torch.cuda.device_count()} or CUDA_VISIBLE_DEVICES= to run the ranks on the CPU")
+
+
 def relaunch_under_torchrun(script: str, argv: list[str], nproc: int, json_path: str) -> int:
     """Run ``script argv`` on ``nproc`` local ranks with torchrun and wait; rank 0 writes ``json_path``.
 
     Judged by the JSON rank 0 wrote, not by the exit code alone (DeepSpeed on CPU sometimes crashes at interpreter
     exit after finishing). CPU ranks split the cores between them unless OMP_NUM_THREADS is set.
     """
+    check_ranks(nproc)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", script, *argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
