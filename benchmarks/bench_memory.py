@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How much memory does each rank hold under ZeRO-0 (DDP-equivalent), ZeRO-1, ZeRO-2 and ZeRO-3?
 
-    python benchmarks/bench_memory.py [--quick] [--preset base] [--stage 1] [--zeros 0,1,2,3] [--ranks 2] \
+    python benchmarks/bench_memory.py [--quick] [--preset base] [--stage 2] [--zeros 0,1,2,3] [--ranks 2] \
         [--dtype auto|fp32|bf16] [--json PATH]
 
 Runs under torchrun (relaunches itself with ``--ranks`` local ranks). For each ZeRO stage every rank builds the
@@ -18,8 +18,8 @@ second step (gradients live, Adam state allocated); the fullest of these points 
   other      any other tensor held by the wrapper (listed by attribute in the JSON)
 
 Storages are deduplicated, so views into one flat buffer count once, with the buffer's full size. Everything is
-measured from live tensors; nothing is analytic except the "ideal" column (the textbook 1/N split of grads and
-optimizer state). On GPUs the peak allocated memory per rank is reported too. The target: ZeRO-2's grads +
+measured from live tensors; nothing is analytic except ``ideal_ratio`` in the JSON (the textbook 1/N split of
+grads and optimizer state). On GPUs the peak allocated memory per rank is reported too. The target: ZeRO-2's grads +
 master + optim per rank <= 1.1/N of ZeRO-0's; see ``summarise`` for the two accountings reported.
 """
 from __future__ import annotations
