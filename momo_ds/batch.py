@@ -116,6 +116,3 @@ def batch_kind(batch) -> str:
             return kind
     raise TypeError(f"not a momo_ds batch: {type(batch).__name__}")
 
-
-def empty_like_long(b: int, device=None) -> Tensor:
-    return torch.zeros(b, 0, dtype=torch.long, device=device)

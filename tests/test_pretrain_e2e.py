@@ -52,8 +52,8 @@ def test_default_main_job_runs_all_stages(default_run):
     assert "momo-ds pretraining results" in proc.stdout and (out / "eval.json").is_file()
 
 
-# Thresholds measured on the default run (see README "Learning check"): stage 3 reached R@1 6.6/5.2 %, R@10
-# 36.8/38.0 % (TR/IR) on 500 held-out pairs, linear probe 40-46 % on 16 classes; chance is stated beside each.
+# Thresholds set from the default run (see README "Learning check"): stage 3 reached R@1 4.2/3.6 %, R@10
+# 35.2/35.8 % (TR/IR) on 500 held-out pairs, linear probe 42-44 % on 16 classes; chance is stated beside each.
 def test_learning_check_far_above_chance(default_run):
     out, proc = default_run
     report = json.loads((out / "eval.json").read_text())

@@ -54,7 +54,8 @@ def linear_probe(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], weigh
         head = train_linear_probe((xtr - mean) / std, ytr, num_classes, weight_decay)
     with torch.no_grad():
         pred = head((xva - mean) / std).argmax(1)
+        train_pred = head((xtr - mean) / std).argmax(1)
     majority = float(torch.bincount(yva, minlength=num_classes).max()) / len(yva)
-    return {"top1": accuracy(pred, yva), "train_top1": accuracy(head((xtr - mean) / std).argmax(1), ytr),
+    return {"top1": accuracy(pred, yva), "train_top1": accuracy(train_pred, ytr),
             "classes": float(num_classes), "chance_top1": 100.0 * majority, "train_n": float(len(xtr)),
             "val_n": float(len(xva))}
