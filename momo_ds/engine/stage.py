@@ -104,9 +104,13 @@ def init_from_previous(model: torch.nn.Module, state: dict[str, torch.Tensor], s
         model.tie_weights()
 
 
+FRESH_HEAD_PREFIXES = ("lm_head.", "itm_head.", "image_proj.", "text_proj.", "logit_scale")
+
+
 def _tied_or_head(key: str) -> bool:
-    # Heads that a previous stage may not have had; they start fresh like decoders.
-    return any(s in key for s in ("lm_head", "itm", "proj", "logit_scale"))
+    """The tied LM head (stored once, under the token embedding) and heads a previous stage may not have trained;
+    they start fresh like decoders. Matched by prefix: an encoder key such as ``attn.proj`` is never excused."""
+    return key.startswith(FRESH_HEAD_PREFIXES)
 
 
 class StageRunner:
