@@ -3,9 +3,9 @@
 
     python benchmarks/bench_peers.py [--quick] [--presets tiny,base] [--batch N] [--json PATH]
 
-MoMo: the stage-3 pair objectives (CMM 75 %/75 % + global contrastive + ITM with hard negatives), once with the
-default ``align_inputs=full`` (contrastive/ITM on unmasked inputs, as FLAVA) and once with ``masked`` (on the
-CMM-visible tokens). FLAVA: ``transformers.FlavaForPreTraining``, random init, with its own losses (MMM image +
+MoMo: the stage-3 pair objectives (CMM 75 %/75 % + global contrastive + ITM with hard negatives), once per
+``model.align_inputs`` mode: ``full`` (contrastive/ITM on unmasked inputs, as FLAVA), ``masked_image`` (the
+CMM-visible patches with the whole caption, as FLIP) and ``masked`` (exactly the CMM inputs). FLAVA: ``transformers.FlavaForPreTraining``, random init, with its own losses (MMM image +
 text, ITM, global contrastive; unimodal MIM/MLM are off for pairs in its forward), fed what its forward needs:
 input_ids and the 15 %-masked input_ids_masked with mlm_labels, pixel_values with a random ~40 % bool_masked_pos
 (BEiT/FLAVA's 75 of 196), codebook_pixel_values for its frozen DALL-E codebook (which computes the MIM labels
@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from common import (count_params, make_console, make_report, pick_device, print_table, set_threads,  # noqa: E402
                     synthetic_batch, time_interleaved, train_dtype, training_flops, write_json)
-from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
+from momo_ds.config import ALIGN_INPUTS, load_recipe, packaged_recipe  # noqa: E402
 from momo_ds.model import build_model  # noqa: E402
 
 TARGET = 3.0  # MoMo samples/s over FLAVA's
@@ -97,7 +97,7 @@ def run_preset(preset: str, args, device, console) -> dict:
     amp = device.type == "cuda" and train_dtype(device) == torch.bfloat16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     torch.manual_seed(0)
-    momo = {a: build_model(preset, decoders=["cmm"], align_inputs=a).to(device) for a in ("full", "masked")}
+    momo = {a: build_model(preset, decoders=["cmm"], align_inputs=a).to(device) for a in ALIGN_INPUTS}
     mcfg = momo["full"].cfg
     gen = torch.Generator().manual_seed(0)
     host = synthetic_batch(mcfg, stream, gen, args.min_text_frac)

@@ -3,7 +3,7 @@
 stage's streams: stage 1 images (MIM), stage 2 images + text (MIM, MLM), stage 3 text + pairs (MLM; CMM, ITC, ITM).
 
     python benchmarks/bench_step.py [--quick] [--presets tiny] [--stages 1,2,3] [--zero 2] [--ranks 1|2] \
-        [--batch N] [--align-inputs full|masked] [--profile] [--json PATH]
+        [--batch N] [--align-inputs full|masked_image|masked] [--profile] [--json PATH]
 
 Each stage is built as the trainer builds it (packaged recipe, its optimizer groups and LR schedule, the
 ds_configs/zero<N>.json config resolved against the recipe: bf16 on GPUs, fp32 on the CPU) and fed synthetic
@@ -33,7 +33,7 @@ from common import (build_cmga, device_peak, ds_config_for, init_distributed, lo
                     make_console, make_report, print_table, quiet_deepspeed, relaunch_under_torchrun, set_threads,
                     sync, synthetic_batch, training_flops, under_torchrun, write_json)
 from momo_ds import distributed as mdist  # noqa: E402
-from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
+from momo_ds.config import ALIGN_INPUTS, load_recipe, packaged_recipe  # noqa: E402
 
 CPU_BATCH = {"tiny": 32, "base": 2, "large": 1}  # per stream and rank; GPUs use the recipes' (64)
 TARGETS = {("large", 1): {"images_per_s_per_device": 3000.0, "mfu": 0.40}}  # on an H100
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--ds-config", default=None, help="DeepSpeed JSON (default ds_configs/zero<N>.json)")
     p.add_argument("--ranks", type=int, default=1, help="local ranks; >1 relaunches under torchrun")
     p.add_argument("--batch", type=int, default=None, help="per-stream batch per rank (default: per preset)")
-    p.add_argument("--align-inputs", default=None, choices=["full", "masked"], help="override model.align_inputs")
+    p.add_argument("--align-inputs", default=None, choices=list(ALIGN_INPUTS), help="override model.align_inputs")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 1 quick, 2 CPU, 5 GPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps (default 2 quick, 5 CPU, 20 GPU)")

@@ -250,7 +250,8 @@ def training_flops(cfg: ModelConfig, batch, objectives: dict[str, float], padded
             add(f.decoder(enc, _rows(b, nm), t["masked"]))
         if "itc" in objectives or "itm" in objectives:
             masked = cfg.align_inputs == "masked"
-            n_img, txt = (nk, t["visible"]) if masked else (n, t["full"])
+            n_img = n if cfg.align_inputs == "full" else nk
+            txt = t["visible"] if masked else t["full"]
             mult = 3.0 if "itc" in objectives else 1.0
             add({"patch_embed": f.patch_embed(b), "encoder": f.encoder(_rows(b, 1 + n_img)) + f.encoder(1 + txt),
                  "heads": 2.0 * 2 * b * cfg.embed_dim * cfg.proj_dim}, mult)

@@ -23,6 +23,9 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------- model
+ALIGN_INPUTS = ("full", "masked_image", "masked")
+
+
 @dataclass
 class ModelConfig:
     """Shape and switches of the MoMo model (encoder, decoders, heads)."""
@@ -46,7 +49,9 @@ class ModelConfig:
     norm_pix_loss: bool = True  # MIM target normalised per patch (MAE)
     proj_dim: int = 256  # contrastive embedding size
     init_temperature: float = 0.07
-    align_inputs: str = "full"  # contrastive/ITM see "full" (unmasked) or "masked" (CMM-visible) inputs
+    # what contrastive/ITM see: "full" (unmasked pair), "masked_image" (CMM-visible patches, whole caption) or
+    # "masked" (the CMM inputs themselves: visible patches and visible words)
+    align_inputs: str = "full"
     attn_backend: str = "sdpa"  # sdpa | math | flash_varlen
     grad_checkpointing: bool = False
 
@@ -61,8 +66,8 @@ class ModelConfig:
         bad = [d for d in self.decoders if d not in ("mim", "mlm", "cmm")]
         if bad:
             raise ConfigError(f"model.decoders: unknown decoder(s) {bad}; valid: mim, mlm, cmm")
-        if self.align_inputs not in ("full", "masked"):
-            raise ConfigError(f"model.align_inputs={self.align_inputs!r}; valid: 'full', 'masked'")
+        if self.align_inputs not in ALIGN_INPUTS:
+            raise ConfigError(f"model.align_inputs={self.align_inputs!r}; valid: {', '.join(ALIGN_INPUTS)}")
         if self.attn_backend not in ("sdpa", "math", "flash_varlen"):
             raise ConfigError(f"model.attn_backend={self.attn_backend!r}; valid: 'sdpa', 'math', 'flash_varlen'")
         return self

@@ -80,14 +80,14 @@ def test_training_flops_match_flop_counter():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import synthetic_batch, training_flops
 
-    from momo_ds.config import StreamConfig
+    from momo_ds.config import ALIGN_INPUTS, StreamConfig
     from momo_ds.model import build_model
 
     torch.manual_seed(0)
     objectives = {"cmm": 1.0, "itc": 1.0, "itm": 1.0}
     stream = StreamConfig(name="pair", kind="pair", objectives=objectives, batch_size=4, text_mask_ratio=0.75,
                           max_text_len=16)
-    for align in ("full", "masked"):
+    for align in ALIGN_INPUTS:
         model = build_model("tiny", depth=2, decoder_depth=1, align_inputs=align)
         batch = synthetic_batch(model.cfg, stream, torch.Generator().manual_seed(0))
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:

@@ -5,13 +5,14 @@ import re
 import sys
 import types
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from momo_ds.batch import ImageBatch, PairBatch, TextBatch
-from momo_ds.config import ConfigError, ModelConfig, model_preset
+from momo_ds.config import ALIGN_INPUTS, ConfigError, ModelConfig, model_preset
 from momo_ds.model import build_model, mask_images, mask_pairs, mask_text, random_patch_masks
 from momo_ds.model.embeddings import sincos_2d
 
@@ -297,7 +298,7 @@ def test_loss_is_weighted_sum_of_terms():
     torch.testing.assert_close(out["loss"], want)
 
 
-@pytest.mark.parametrize("align", ["full", "masked"])
+@pytest.mark.parametrize("align", ALIGN_INPUTS)
 def test_activation_checkpointing_keeps_outputs_and_gradients(align):
     ref = build_model("tiny", align_inputs=align, **TINY)
     ckpt = build_model("tiny", align_inputs=align, grad_checkpointing=True, **TINY)
@@ -313,6 +314,34 @@ def test_activation_checkpointing_keeps_outputs_and_gradients(align):
         assert (p.grad is None) == (q.grad is None), n
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("align", ALIGN_INPUTS)
+def test_align_inputs_decide_what_contrastive_sees(align):
+    """full: masked patches and masked words both matter; masked_image: only the words; masked: neither."""
+    model = build_model("tiny", align_inputs=align, **TINY).eval()
+    _, _, pb = _batches(4)
+    p, grid = model.cfg.patch_size, model.cfg.img_size // model.cfg.patch_size
+    images = pb.image.images.clone()
+    for i, row in enumerate(pb.image.patch_masked):
+        for j in row.tolist():
+            r, c = divmod(j, grid)
+            images[i, :, r * p:(r + 1) * p, c * p:(c + 1) * p] += 3.0
+    full_ids = pb.text.full_ids.clone()
+    for i in range(full_ids.shape[0]):
+        pos = pb.text.masked_positions[i][pb.text.masked_valid[i]]
+        full_ids[i, pos] = (full_ids[i, pos] % (model.cfg.vocab_size - 1)) + 1  # another real token id
+    assert not torch.equal(full_ids, pb.text.full_ids)
+
+    def itc(batch) -> torch.Tensor:
+        with torch.no_grad():
+            return model(batch, {"itc": 1.0})["itc_loss"]
+
+    base = itc(pb)
+    image_moved = itc(replace(pb, image=replace(pb.image, images=images)))
+    words_moved = itc(replace(pb, text=replace(pb.text, full_ids=full_ids)))
+    assert (not torch.allclose(base, image_moved)) == (align == "full")
+    assert (not torch.allclose(base, words_moved)) == (align != "masked")
 
 
 @pytest.mark.parametrize("mode", ["autocast", "bf16_weights"])

@@ -39,8 +39,7 @@ class SimDist:
     def gather_padded(self, x, pad_value=0):
         parts = [p.detach() for p in self._parts(x)]
         longest = max(p.shape[1] for p in parts)
-        return torch.cat([F.pad(p, (0, longest - p.shape[1]), value=pad_value) if p.dtype != torch.bool
-                          else F.pad(p.long(), (0, longest - p.shape[1]), value=int(pad_value)).bool()
+        return torch.cat([torch.cat([p, p.new_full((p.shape[0], longest - p.shape[1], *p.shape[2:]), pad_value)], 1)
                           for p in parts])
 
 
@@ -267,8 +266,8 @@ def test_itm_two_simulated_ranks_use_global_candidates():
     img, txt, scale = _embeddings(6, 8, 3)
     img_parts, txt_parts = list(img.detach().split(3)), list(txt.detach().split(3))
     rank = 1
-    calls = [img_parts, txt_parts, [p.images for p in local], [p.ids for p in local], [p.positions for p in local],
-             [p.mask for p in local]]
+    packed_text = [torch.stack([p.ids, p.positions, p.mask.long()], dim=2) for p in local]  # one text gather
+    calls = [img_parts, txt_parts, [p.images for p in local], packed_text]
     seen = []
     out = itm_loss(img_parts[rank], txt_parts[rank], scale, local[rank], lambda j: seen.append(j) or enc(j), head,
                    dist=SimDist(rank, calls), generator=torch.Generator().manual_seed(5))
@@ -285,3 +284,16 @@ def test_itm_two_simulated_ranks_use_global_candidates():
         i = [r for r in range(6) if torch.equal(pool_img[r], pairs.images[6 + k])]
         assert t and 3 + k not in t and i and 3 + k not in i
     assert torch.isfinite(out["itm_loss"])
+
+
+def test_joint_inputs_gather_pads_text_as_the_loader_does():
+    local = [_pairs(2, 3, 1), _pairs(2, 5, 2)]
+    packed = [torch.stack([p.ids, p.positions, p.mask.long()], dim=2) for p in local]
+    got = local[0].gather(SimDist(0, [[p.images for p in local], packed]), pad_id=7)
+    assert got.ids.shape == got.positions.shape == got.mask.shape == (4, 5) and got.mask.dtype == torch.bool
+    for field, pad in (("ids", 7), ("positions", 0), ("mask", False)):
+        whole = getattr(got, field)
+        torch.testing.assert_close(whole[:2, :3], getattr(local[0], field))  # rank 0, its own columns
+        assert (whole[:2, 3:] == pad).all()  # rank 0's padding to rank 1's length
+        torch.testing.assert_close(whole[2:], getattr(local[1], field))
+    torch.testing.assert_close(got.images, torch.cat([p.images for p in local]))

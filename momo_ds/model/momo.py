@@ -285,16 +285,21 @@ class MoMo(nn.Module):
         return terms
 
     def _align_inputs(self, p: PairBatch) -> JointInputs:
-        """What contrastive and ITM see: the unmasked pair ("full") or the CMM-visible part ("masked")."""
-        tx = p.text
-        if self.cfg.align_inputs == "masked":
+        """What contrastive and ITM see (``cfg.align_inputs``).
+
+        "full": the unmasked pair; "masked_image": the CMM-visible patches with the whole caption (image masking
+        as in FLIP, text kept: it is the cheap side); "masked": exactly the CMM inputs.
+        """
+        tx, mode = p.text, self.cfg.align_inputs
+        if mode == "masked":
             return JointInputs(p.image.images, p.image.patch_keep, tx.input_ids, tx.positions, tx.attention_mask)
         if tx.full_mask.shape != tx.full_ids.shape:
             raise ValueError(f"full_mask {tuple(tx.full_mask.shape)} must have the shape of full_ids "
                              f"{tuple(tx.full_ids.shape)}")
         positions = _text_defaults(tx.full_ids, None, tx.full_mask)[0]
         check_text(tx.full_ids, positions, tx.full_mask, self.cfg, self._values(tx.full_ids), name="full_ids")
-        return JointInputs(p.image.images, None, tx.full_ids, positions, tx.full_mask)
+        patch_keep = p.image.patch_keep if mode == "masked_image" else None
+        return JointInputs(p.image.images, patch_keep, tx.full_ids, positions, tx.full_mask)
 
     def _joint_cls(self, j: JointInputs) -> Tensor:
         """JointInputs of n pairs -> joint [CLS] [n, D]."""

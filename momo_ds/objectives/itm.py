@@ -34,14 +34,22 @@ class JointInputs:
     mask: Tensor
 
     def gather(self, dist: DistContext, pad_id: int) -> "JointInputs":
-        """Every rank's inputs, concatenated in rank order (text padded to the longest rank). No gradient."""
-        return JointInputs(
-            images=dist.gather(self.images),
-            patch_keep=None if self.patch_keep is None else dist.gather(self.patch_keep),
-            ids=dist.gather_padded(self.ids, pad_id),
-            positions=dist.gather_padded(self.positions, 0),
-            mask=dist.gather_padded(self.mask, False),
-        )
+        """Every rank's inputs, concatenated in rank order (text padded to the longest rank). No gradient.
+
+        The three text tensors travel as one [B, L, 3] tensor: one length exchange (a host sync) and one gather
+        instead of three of each. Padding is (pad_id, position 0, mask False), as the loader pads.
+        """
+        if dist.world_size == 1:
+            return self
+        images = dist.gather(self.images)
+        patch_keep = None if self.patch_keep is None else dist.gather(self.patch_keep)
+        text = torch.stack([self.ids, self.positions, self.mask.long()], dim=2)
+        # gather_padded pads with one scalar: pad with -1 (no id, position or mask value) and then put the
+        # per-channel padding values back
+        text = dist.gather_padded(text, -1)
+        pad = torch.tensor([pad_id, 0, 0], dtype=text.dtype, device=text.device)
+        text = torch.where(text == -1, pad, text)
+        return JointInputs(images, patch_keep, ids=text[..., 0], positions=text[..., 1], mask=text[..., 2].bool())
 
     def select(self, image_idx: Tensor, text_idx: Tensor) -> "JointInputs":
         """Pairs (images[image_idx[k]], text[text_idx[k]]) -> JointInputs of len(image_idx) rows."""
@@ -109,7 +117,7 @@ def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: J
     if positive_cls is not None:
         cls = torch.cat([positive_cls.to(cls.dtype), cls])
     logits = head(cls).float()  # [3B, 2]
-    labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
+    labels = (torch.arange(3 * b, device=logits.device) < b).long()  # 1 for the B positives, then 0
     loss = F.cross_entropy(logits, labels)
     acc = (logits.argmax(dim=1) == labels).float().mean().detach()
     return {"itm_loss": loss, "itm_acc": acc}
