@@ -88,3 +88,12 @@ def test_non_finite_loss_stops_before_step_naming_stream_and_objective():
     with pytest.raises(NonFiniteLossError) as e:
         CMGAStep._raise_if_non_finite(terms)
     assert "pair stream, itc_loss" in str(e.value) and "text" not in str(e.value)
+
+
+def test_repeated_set_flags_all_apply():
+    """`--set a=1 --set b=2` keeps both (argparse's default would keep only the last, silently)."""
+    from momo_ds.engine.run import parse_args
+
+    args = parse_args(["--set", "model.align_inputs=masked", "--set", "train.max_steps=9", "train.warmup_steps=2"])
+    assert args.overrides == ["model.align_inputs=masked", "train.max_steps=9", "train.warmup_steps=2"]
+    assert parse_args([]).overrides == []

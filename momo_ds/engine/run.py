@@ -36,7 +36,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=None, help="optimizer steps per stage (overrides the recipe)")
     p.add_argument("--save_every", type=int, default=None, help="checkpoint every N steps per stage")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoints in --out")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="recipe overrides applied to every stage, e.g. train.lr=1e-4 data.num_workers=2")
     p.add_argument("--no_eval", action="store_true", help="skip the final evaluation of the tiny/synthetic run")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
