@@ -66,7 +66,9 @@ def test_bench_memory_quick(tmp_path):
 def test_bench_peers_quick(tmp_path):
     report = run_quick("bench_peers", tmp_path)
     (row,) = report["results"]
-    assert set(row["variants"]) == {"momo_full", "momo_masked", "flava"}
+    from momo_ds.config import ALIGN_INPUTS
+
+    assert set(row["variants"]) == {f"momo_{a}" for a in ALIGN_INPUTS} | {"flava"}
     assert all(v["samples_per_s"] > 0 for v in row["variants"].values())
     assert {"momo_total", "flava_total", "flava_trainable"} <= set(row["params"])
 
