@@ -96,3 +96,15 @@ def test_training_flops_match_flop_counter():
             model(batch, objectives)["loss"].backward()
         assert fc.get_total_flops() == pytest.approx(training_flops(model.cfg, batch, objectives, True)["total"],
                                                      rel=0.01)
+
+
+def test_check_gpu_quick_runs_the_cpu_checks(tmp_path):
+    """On a CPU the fast-path checker compares the CPU flash SDPA kernel, bf16 losses and AdamW with the fp32
+    reference, and names what it skips; a failing check would turn its status into "FAIL: ..."."""
+    report = run_quick("check_gpu", tmp_path)
+    results = report["results"]
+    assert set(results) == {"sdpa_flash", "sdpa_efficient", "flash_varlen", "bf16_losses", "adamw_cpu"}
+    for name in ("sdpa_flash", "bf16_losses", "adamw_cpu"):
+        assert results[name]["status"] == "ok", (name, results[name])
+    assert results["sdpa_efficient"]["status"].startswith("skipped")
+    assert 0 < results["sdpa_flash"]["rel_diff"] < 5e-2

@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Do the fast paths run, and do they agree with the reference? SDPA flash / memory-efficient kernels, bf16,
+DeepSpeed FusedAdam and (when installed) flash-attn's varlen kernel, each against fp32 math on the same inputs.
+
+    python benchmarks/check_gpu.py [--preset base] [--json PATH] [--quick]
+
+Checks (each "ok", "FAIL: why" or "skipped: why"; exit status 1 when any fails):
+  sdpa_flash      image-only encoding (no padding mask) with SDPA restricted to the flash kernel, bf16, vs the
+                  fp32 math backend: the kernel must be selectable and the [CLS] features must agree
+  sdpa_efficient  joint image+text encoding (boolean key-padding mask) restricted to the memory-efficient kernel
+  flash_varlen    the same joint encoding through ``attn_backend=flash_varlen`` (flash-attn installed only)
+  bf16_losses     every stage-3 pair objective under bf16 autocast vs fp32: finite, relative difference
+  fused_adam      the trainer's GPU optimizer is DeepSpeed FusedAdam (not the fallback) and one step from the
+                  same gradients matches torch AdamW
+On a CPU only the checks that mean something there run (flash kernel of the CPU SDPA, bf16, AdamW); the rest
+are skipped, so ``--quick`` doubles as a smoke test.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+from common import make_console, make_report, pick_device, print_table, write_json  # noqa: E402
+from momo_ds.config import TrainConfig  # noqa: E402
+from momo_ds.engine.optim import build_optimizer, param_groups  # noqa: E402
+from momo_ds.model import build_model, mask_pairs  # noqa: E402
+
+# bf16 has an 8-bit mantissa: through 12+ blocks features drift by a few 1e-2 relative to fp32
+FEATURE_RTOL = 5e-2
+LOSS_RTOL = 5e-2
+ADAM_ATOL = 1e-5
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (a scale-free distance between a fast path's output and the reference)."""
+    a, b = a.float(), b.float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def attempt(fn: Callable[[], str]) -> str:
+    try:
+        return fn()
+    except Exception as e:  # a kernel that cannot be selected raises RuntimeError("No available kernel...")
+        return f"FAIL: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=None, help="model preset (default: base on GPU, tiny on CPU / --quick)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--quick", action="store_true", help="tiny preset, batch 4")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    preset = args.preset or ("base" if cuda and not args.quick else "tiny")
+    b = 4 if args.quick else args.batch
+    console = make_console()
+
+    torch.manual_seed(0)
+    ref = build_model(preset, attn_backend="math").to(device).eval()
+    cfg = ref.cfg
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(b, 3, cfg.img_size, cfg.img_size, generator=gen)
+    length = 40
+    lengths = torch.randint(length // 2, length + 1, (b,), generator=gen)
+    mask = torch.arange(length)[None] < lengths[:, None]
+    ids = torch.randint(1, cfg.vocab_size, (b, length), generator=gen).masked_fill(~mask, 0)
+    pair = mask_pairs(images, ids, mask, cfg.patch_size, generator=gen).to(device)
+    images, ids, mask = images.to(device), ids.to(device), mask.to(device)
+    fast_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
+
+    def fast_model(backend: str):
+        m = build_model(preset, attn_backend=backend)
+        m.load_state_dict(ref.state_dict())
+        return m.to(device, fast_dtype).eval()
+
+    with torch.no_grad():
+        ref_image = ref.encode_image(images)[:, 0]
+        ref_joint = ref.encode_pair(images, ids, attention_mask=mask)[0][:, 0]
+    results: dict[str, dict] = {}
+    results_extra: dict = {}  # measured values the checks leave for their rows
+
+    def record(name: str, status: str, **extra) -> None:
+        results[name] = {"status": status, **extra}
+
+    # SDPA restricted to one kernel: selection fails loudly if the kernel cannot take these inputs
+    def sdpa_check(kernel: SDPBackend, joint: bool) -> str:
+        m = fast_model("sdpa")
+        with torch.no_grad(), sdpa_kernel(kernel):
+            out = (m.encode_pair(images.to(fast_dtype), ids, attention_mask=mask)[0][:, 0] if joint
+                   else m.encode_image(images.to(fast_dtype))[:, 0])
+        d = rel_diff(out, ref_joint if joint else ref_image)
+        results_extra[kernel.name] = d
+        return "ok" if d < FEATURE_RTOL else f"FAIL: relative difference {d:.3g} >= {FEATURE_RTOL}"
+
+    record("sdpa_flash", attempt(lambda: sdpa_check(SDPBackend.FLASH_ATTENTION, joint=False)),
+           rel_diff=results_extra.get("FLASH_ATTENTION"), dtype=str(fast_dtype))
+    if cuda:
+        record("sdpa_efficient", attempt(lambda: sdpa_check(SDPBackend.EFFICIENT_ATTENTION, joint=True)),
+               rel_diff=results_extra.get("EFFICIENT_ATTENTION"), dtype=str(fast_dtype))
+    else:
+        record("sdpa_efficient", "skipped: the CPU has no memory-efficient SDPA kernel")
+
+    def varlen_check() -> str:
+        m = fast_model("flash_varlen")
+        with torch.no_grad():
+            out = m.encode_pair(images.to(fast_dtype), ids, attention_mask=mask)[0][:, 0]
+        d = rel_diff(out, ref_joint)
+        results_extra["flash_varlen"] = d
+        return "ok" if d < FEATURE_RTOL else f"FAIL: relative difference {d:.3g} >= {FEATURE_RTOL}"
+
+    try:
+        import flash_attn  # noqa: F401, PLC0415
+        have_flash = cuda
+    except Exception:
+        have_flash = False
+    if have_flash:
+        record("flash_varlen", attempt(varlen_check), rel_diff=results_extra.get("flash_varlen"))
+    else:
+        record("flash_varlen", "skipped: flash-attn not installed" if cuda else "skipped: needs a GPU")
+
+    objectives = {"cmm": 1.0, "itc": 1.0, "itm": 1.0}
+
+    def bf16_check() -> str:
+        m = build_model(preset).to(device).train()
+        m.load_state_dict(ref.state_dict())
+        losses = {}
+        for name, ctx in (("fp32", nullcontext()), ("bf16", torch.autocast(device.type, dtype=torch.bfloat16))):
+            with torch.no_grad(), ctx:
+                out = m(pair, objectives, generator=torch.Generator(device=device).manual_seed(1))
+            losses[name] = {k: float(v) for k, v in out.items() if k.endswith("loss")}
+        results_extra["losses"] = losses
+        worst = max(abs(losses["bf16"][k] - v) / max(abs(v), 1e-6) for k, v in losses["fp32"].items())
+        results_extra["loss_rel_diff"] = worst
+        if not all(torch.isfinite(torch.tensor(list(losses["bf16"].values())))):
+            return "FAIL: non-finite bf16 loss"
+        return "ok" if worst < LOSS_RTOL else f"FAIL: relative loss difference {worst:.3g} >= {LOSS_RTOL}"
+
+    record("bf16_losses", attempt(bf16_check), rel_diff=results_extra.get("loss_rel_diff"),
+           losses=results_extra.get("losses"))
+
+    def adam_check() -> str:
+        models = [build_model(preset).to(device) for _ in range(2)]
+        for m in models:
+            m.load_state_dict(ref.state_dict())
+        grads = [torch.randn(q.shape, generator=gen).to(device) * 1e-2 for q in models[0].parameters()]
+        train_cfg = TrainConfig()
+        fast = build_optimizer(models[0], train_cfg, device.type)
+        plain = torch.optim.AdamW(param_groups(models[1], train_cfg.weight_decay), lr=train_cfg.lr,
+                                  betas=tuple(train_cfg.betas), eps=1e-8)
+        for m, opt in ((models[0], fast), (models[1], plain)):
+            for q, g in zip(m.parameters(), grads):
+                q.grad = g.clone()
+            opt.step()
+        with torch.no_grad():
+            d = max(float((a - c).abs().max()) for a, c in zip(models[0].parameters(), models[1].parameters()))
+        results_extra["adam_max_abs_diff"] = d
+        results_extra["optimizer"] = type(fast).__module__ + "." + type(fast).__name__
+        if cuda and "FusedAdam" not in type(fast).__name__:
+            return f"FAIL: the trainer fell back to {results_extra['optimizer']} (FusedAdam did not build)"
+        return "ok" if d < ADAM_ATOL else f"FAIL: max parameter difference {d:.3g} >= {ADAM_ATOL}"
+
+    record("fused_adam" if cuda else "adamw_cpu", attempt(adam_check), optimizer=results_extra.get("optimizer"),
+           max_abs_diff=results_extra.get("adam_max_abs_diff"))
+
+    rows = [[name, r["status"], r.get("rel_diff", r.get("max_abs_diff"))] for name, r in results.items()]
+    print_table(console, f"fast paths vs fp32 math reference ({device}, {preset}, batch {b})",
+                ["check", "status", "rel. diff / max abs diff"], rows)
+    config = {"preset": preset, "batch": b, "device": str(device), "fast_dtype": str(fast_dtype),
+              "tolerances": {"feature_rtol": FEATURE_RTOL, "loss_rtol": LOSS_RTOL, "adam_atol": ADAM_ATOL}}
+    write_json(args.json, make_report("check_gpu", args, config, results), console)
+    return 1 if any(r["status"].startswith("FAIL") for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
