@@ -1,5 +1,6 @@
 """The main job end to end on CPU: default three-stage run, exact resume on 2 ranks, stage hand-over, and
 one-line start-up errors. Runs are judged by the files they write."""
+import csv
 import json
 import subprocess
 import sys
@@ -64,6 +65,8 @@ def test_learning_check_far_above_chance(default_run):
     assert r1 >= 10 * chance_r1, f"held-out R@1 {r1:.2f} % vs chance {chance_r1:.2f} %"
     assert r10 >= 15.0, f"held-out R@10 {r10:.2f} % vs chance {10 * chance_r1:.2f} %"
     for stage in ("stage1", "stage2", "stage3"):
+        # Not a learning signal: random-init tiny encoders already probe at 50-53 % on these shapes (measured,
+        # benchmarks/results/ablations_cpu2_2026-11-22.md). This only catches collapsed or non-finite features.
         top1, chance = report[stage]["linear_probe/top1"], report[stage]["linear_probe/chance_top1"]  # ~8.4 %
         assert top1 >= max(25.0, 2.5 * chance), f"{stage} linear probe {top1:.1f} % vs chance {chance:.1f} %"
     s2_r10 = (s2["retrieval/tr@10"] + s2["retrieval/ir@10"]) / 2
@@ -121,3 +124,21 @@ def test_bad_start_up_input_is_one_line_error(tmp_path, args, needle):
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and needle in err[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def _logged(out: Path, stage: int, column: str) -> list[float]:
+    with open(out / f"stage{stage}" / "metrics.csv") as f:
+        return [float(row[column]) for row in csv.DictReader(f)]
+
+
+def test_learning_check_reconstruction_losses_fall(default_run):
+    """What stages 1 and 2 learn is reconstruction (the probe cannot show it, see above). Default run: stage-1 MIM
+    1.22 -> 0.54, stage-2 MLM 5.97 -> 3.28 (first and last logged window). With the per-patch normalised target
+    (norm_pix_loss), predicting each patch's mean scores 1.0."""
+    out, _ = default_run
+    mim = _logged(out, 1, "image/mim_loss")
+    assert mim[-1] <= 0.7 and mim[-1] <= 0.6 * mim[0], f"stage-1 MIM loss {mim[0]:.3f} -> {mim[-1]:.3f}"
+    mlm = _logged(out, 2, "text/mlm_loss")
+    assert mlm[-1] <= 0.75 * mlm[0], f"stage-2 MLM loss {mlm[0]:.3f} -> {mlm[-1]:.3f}"
+    cmm_text = _logged(out, 3, "pair/cmm_text_loss")
+    assert cmm_text[-1] <= 0.6 * cmm_text[0], f"stage-3 CMM text loss {cmm_text[0]:.3f} -> {cmm_text[-1]:.3f}"
