@@ -108,3 +108,17 @@ def test_check_gpu_quick_runs_the_cpu_checks(tmp_path):
         assert results[name]["status"] == "ok", (name, results[name])
     assert results["sdpa_efficient"]["status"].startswith("skipped")
     assert 0 < results["sdpa_flash"]["rel_diff"] < 5e-2
+
+
+@pytest.mark.parametrize("script", ["prepare_wheels.sh", "run.sh"])
+def test_gpu_scripts_parse(script):
+    """The GPU-machine scripts cannot run in CI (no GPU, no registry there); at least they must parse."""
+    proc = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu" / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_gpu_run_script_rejects_an_unknown_part(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "C"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "usage: run.sh A|B" in proc.stderr
