@@ -2,8 +2,13 @@
 """MoMo pretraining, the main job.
 
     deepspeed tools/pretrain.py --ds_config ds_configs/zero2.json            # tiny preset, 3 stages, synthetic data
-    deepspeed --hostfile hosts tools/pretrain.py --ds_config ds_configs/zero2.json \
-        --config large --set data.streams.0.shards=[/data/in1k/train-{000000..001023}.tar]
+    deepspeed --hostfile hosts tools/pretrain.py --ds_config ds_configs/zero2.json --config large \
+        --set 'data.streams.image.shards=[/data/in1k/train-{000000..001281}.tar]' \
+              'data.streams.text.shards=[/data/wiki_books/train-{000000..006599}.tar]' \
+              'data.streams.pair.shards=[/data/pmd/train-{000000..026599}.tar]'
+
+Quote every ``--set`` value that holds a brace pattern: unquoted, the shell expands it into one override per
+shard (an error). Streams are addressed by name (image, text, pair) so one command serves all three stages.
 
 Also runs under ``torchrun`` or plain ``python`` (one process). See ``momo_ds/engine/run.py`` for every option.
 """

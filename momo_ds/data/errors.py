@@ -10,7 +10,15 @@ from typing import Mapping, Optional
 
 
 class DataError(ValueError):
-    """A data source is unusable; the one-line message names the stream and the shard/tokenizer at fault."""
+    """A data source is unusable; the one-line message names the stream and the shard/tokenizer at fault.
+
+    ``rank_local``: found by this rank alone (its share of a stream has no usable sample), so this rank must
+    print it; errors every rank finds alike (a missing shard) are printed by rank 0 only.
+    """
+
+    def __init__(self, message: str, rank_local: bool = False):
+        super().__init__(message)
+        self.rank_local = rank_local
 
 
 class SampleError(Exception):

@@ -17,7 +17,7 @@ import logging
 from typing import Iterator, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..config import DataConfig, StreamConfig
 from .errors import DataError, SampleError, SkipStats
@@ -57,6 +57,21 @@ def _make_spec(s: StreamConfig, data_cfg: DataConfig, patch_size: int, rank: int
                       repeat=s.repeat, rank=rank, world_size=world_size)
 
 
+class _ReportingDataset(IterableDataset):
+    """Runs a StreamDataset in a DataLoader worker and hands a DataError over as data, ``(None, {"error":
+    message})``: raised inside a worker, it would reach the trainer wrapped in the worker's traceback."""
+
+    def __init__(self, dataset: StreamDataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[tuple[object, dict]]:
+        try:
+            yield from self.dataset
+        except DataError as e:
+            yield None, {"error": str(e)}
+
+
 class _StreamRunner:
     """Main-process side of one stream: its DataLoader and the consumed position of every worker slot."""
 
@@ -79,14 +94,19 @@ class _StreamRunner:
         if self.num_workers == 0:
             self._it = iter(ds)
         else:
-            self._loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+            self._loader = DataLoader(_ReportingDataset(ds), batch_size=None, num_workers=self.num_workers,
                                       pin_memory=self.pin_memory, prefetch_factor=2)
             self._it = iter(self._loader)
 
     def next(self):
         if self._it is None:
             self._start()
-        batch, meta = next(self._it)
+        try:
+            batch, meta = next(self._it)
+        except DataError as e:  # in-process (0 workers)
+            raise DataError(str(e), rank_local=True) from None
+        if "error" in meta:
+            raise DataError(meta["error"], rank_local=True)
         slot = meta["slot"]
         if slot != self.batches % self.slots_n:  # the exact-resume bookkeeping relies on strict round robin
             raise RuntimeError(f"stream {self.spec.name!r}: batch from worker slot {slot}, expected "

@@ -1,4 +1,5 @@
-"""Tokenizers: any Hugging Face tokenizer from a local file/dir/cache, and the tiny preset's WordPiece.
+"""Tokenizers: a tokenizer.json, a BERT vocab.txt, a saved Hugging Face tokenizer (file, folder or local cache),
+and the tiny preset's WordPiece.
 
 Token ids never carry the tokenizer's special tokens ([CLS]/[SEP]): the model adds its own [CLS]. Nothing is
 downloaded: names resolve only through the local Hugging Face cache.
@@ -71,8 +72,71 @@ def _from_transformers(hf, name: str) -> Tokenizer:
     return Tokenizer(hf, name, pad_id, len(hf))
 
 
+def _wordpiece(vocab: dict[str, int], lowercase: bool):
+    """A BERT-style WordPiece ``tokenizers.Tokenizer``: BERT normaliser (lower-casing and accent stripping when
+    ``lowercase``) and pre-tokeniser, ``##`` continuation pieces, ``[UNK]`` fallback."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    tok = RustTokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def _lowercase_vocab(vocab: dict[str, int], folder: Optional[Path]) -> bool:
+    """Whether a BERT vocabulary is uncased: ``do_lower_case`` of a tokenizer_config.json beside it, else no
+    upper-case letter in any token outside the bracketed special tokens (true of BERT's uncased vocabularies)."""
+    config = folder / "tokenizer_config.json" if folder is not None else None
+    if config is not None and config.is_file():
+        import json
+
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case")
+        except (ValueError, OSError, AttributeError):
+            value = None
+        if isinstance(value, bool):
+            return value
+    return not any(c.isupper() for t in vocab if not (t.startswith("[") and t.endswith("]")) for c in t)
+
+
+def load_vocab_txt(path: Union[str, Path]) -> Tokenizer:
+    """A BERT ``vocab.txt`` (one token per line, line number = id) as a WordPiece tokenizer."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"tokenizer {path}: cannot read the vocabulary ({type(e).__name__}: {e})") from None
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(lines):
+        token = token.rstrip("\r")
+        if token and token not in vocab:
+            vocab[token] = i
+    if "[UNK]" not in vocab:
+        raise DataError(f"tokenizer {path}: not a BERT vocab.txt (no [UNK] token among its {len(lines)} lines)")
+    return _from_tokenizers(_wordpiece(vocab, _lowercase_vocab(vocab, path.parent)), str(path))
+
+
+def _load_file(path: Path, name: str) -> Tokenizer:
+    if path.suffix == ".txt":
+        return load_vocab_txt(path)
+    from tokenizers import Tokenizer as RustTokenizer
+
+    try:
+        return _from_tokenizers(RustTokenizer.from_file(str(path)), name)
+    except Exception as e:
+        raise DataError(f"tokenizer file {name}: cannot be loaded as a tokenizers JSON file "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {TOKENIZER_HINT}") from None
+
+
+TOKENIZER_HINT = ("set data.tokenizer (training) or --tokenizer (evaluation) to a tokenizer.json, a BERT vocab.txt, "
+                  "or a folder holding either or a saved Hugging Face tokenizer")
+
+
 def load_tokenizer(name_or_path: Union[str, Path]) -> Tokenizer:
-    """A tokenizer from a ``tokenizer.json`` file, a saved tokenizer directory, or a name in the local HF cache.
+    """A tokenizer from a ``tokenizer.json`` file, a BERT ``vocab.txt``, a folder holding a saved Hugging Face
+    tokenizer (or just one of those files), or a name in the local Hugging Face cache.
 
     Raises DataError (one line) when it cannot be found locally.
     """
@@ -82,23 +146,42 @@ def load_tokenizer(name_or_path: Union[str, Path]) -> Tokenizer:
                         "tokenizer.json); call it before load_tokenizer")
     path = Path(name).expanduser()
     if path.is_file():
-        from tokenizers import Tokenizer as RustTokenizer
-
-        try:
-            return _from_tokenizers(RustTokenizer.from_file(str(path)), name)
-        except Exception as e:
-            raise DataError(f"tokenizer file {name}: cannot be loaded ({type(e).__name__}: {e})") from None
+        return _load_file(path, name)
     from transformers import AutoTokenizer
 
     try:
         hf = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name, local_files_only=True)
     except Exception as e:
-        if path.is_dir() and (path / "tokenizer.json").is_file():
-            return load_tokenizer(path / "tokenizer.json")
-        where = "directory" if path.is_dir() else "name (not a local file/dir and not in the local HF cache)"
-        raise DataError(f"tokenizer {name!r}: cannot load {where}; nothing is downloaded at run time — pass a "
-                        f"tokenizer.json or a saved tokenizer directory ({type(e).__name__})") from None
+        for member in ("tokenizer.json", "vocab.txt"):
+            if path.is_dir() and (path / member).is_file():
+                return _load_file(path / member, str(path / member))
+        where = "folder (no tokenizer.json or vocab.txt in it)" if path.is_dir() else \
+            "name (not a local file or folder, and not in the local Hugging Face cache)"
+        raise DataError(f"tokenizer {name!r}: cannot load this {where}; nothing is downloaded at run time: "
+                        f"{TOKENIZER_HINT} ({type(e).__name__})") from None
     return _from_transformers(hf, name)
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: Union[str, Path]) -> bool:
+    """Write ``tokenizer`` as a self-contained tokenizer.json at ``path`` (atomically); False when its backend
+    has no such form (a Python-only transformers tokenizer)."""
+    if not tokenizer._fast:
+        return False
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tokenizer._backend.save(str(tmp))
+    tmp.replace(path)
+    return True
+
+
+def vocab_fill_warning(tokenizer: Tokenizer, vocab_size: int) -> Optional[str]:
+    """A warning when the tokenizer uses under half of ``model.vocab_size``'s embedding rows (the rest are
+    parameters that never receive a token), else None."""
+    if tokenizer.vocab_size * 2 >= vocab_size:
+        return None
+    return (f"warning: tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, "
+            f"{tokenizer.vocab_size / vocab_size:.0%} of model.vocab_size={vocab_size}: the other embedding rows are "
+            f"never used (set model.vocab_size={tokenizer.vocab_size})")
 
 
 def train_wordpiece(texts: Iterable[str], path: Union[str, Path], vocab_size: int = 512) -> Tokenizer:
@@ -113,7 +196,7 @@ def train_wordpiece(texts: Iterable[str], path: Union[str, Path], vocab_size: in
     from collections import Counter
 
     from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import decoders, models, normalizers, pre_tokenizers
+    from tokenizers import normalizers, pre_tokenizers
 
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -126,10 +209,7 @@ def train_wordpiece(texts: Iterable[str], path: Union[str, Path], vocab_size: in
         raise ValueError(f"vocab_size={vocab_size} is smaller than the special tokens + alphabet ({len(base)})")
     words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
     vocab = {t: i for i, t in enumerate(base + sorted(words[: vocab_size - len(base)]))}
-    tok = RustTokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizer
-    tok.decoder = decoders.WordPiece()
+    tok = _wordpiece(vocab, lowercase=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

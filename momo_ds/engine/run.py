@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Optional
 
 from momo_ds import distributed as mdist
-from momo_ds.config import ConfigError, PACKAGED_RECIPES, RecipeConfig, load_recipe
+from momo_ds.config import ConfigError, PACKAGED_RECIPES, RecipeConfig
 
+STAGES = ("1", "2", "3", "all")
 SHARED_WEIGHTS = "shared_fp32.safetensors"  # encoder + shared heads (no decoders): the next stage starts here
 DONE = "DONE.json"
 
@@ -31,13 +32,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--ds_config", "--deepspeed_config", dest="ds_config", default="ds_configs/zero2.json",
                    help="DeepSpeed JSON (batch fields 'auto' are derived from the recipe)")
     p.add_argument("--config", default="tiny", help="preset (tiny|base|large), recipe directory, or stage YAML")
-    p.add_argument("--stage", default=None, help="1, 2, 3 or all (default: all, or the stage of a YAML file)")
+    p.add_argument("--stage", default=None, choices=STAGES,
+                   help="1, 2, 3 or all (default: all, or the stage of a YAML file)")
     p.add_argument("--out", default="runs/momo-tiny", help="output directory")
     p.add_argument("--max_steps", type=int, default=None, help="optimizer steps per stage (overrides the recipe)")
     p.add_argument("--save_every", type=int, default=None, help="checkpoint every N steps per stage")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoints in --out")
     p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                   help="recipe overrides applied to every stage, e.g. train.lr=1e-4 data.num_workers=2")
+                   help="recipe overrides applied to every stage, e.g. train.lr=1e-4 data.num_workers=2; "
+                        "address a stream by name: 'data.streams.image.shards=[/data/train-{000000..000099}.tar]' "
+                        "(quoted, so that the shell leaves the braces alone)")
     p.add_argument("--no_eval", action="store_true", help="skip the final evaluation of the tiny/synthetic run")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return p.parse_args(argv)
@@ -91,9 +95,15 @@ def prepare_data(recipe: RecipeConfig, out: Path):
 
 
 def check_shards(recipe: RecipeConfig) -> None:
-    for i, s in enumerate(recipe.data.streams):
+    for s in recipe.data.streams:
         if not s.shards:
-            raise ConfigError(f"data.streams.{i} ({s.name}): no shards given (set data.streams.{i}.shards)")
+            raise ConfigError(f"stage {recipe.stage}, stream {s.name!r} ({s.kind}): no shards given "
+                              f"(--set 'data.streams.{s.name}.shards=[/path/train-{{000000..000099}}.tar]')")
+
+
+def say(line: str) -> None:
+    if mdist.is_main_process():
+        print(f"[momo_ds] {line}", flush=True)
 
 
 def run(args: argparse.Namespace) -> list:
@@ -101,7 +111,10 @@ def run(args: argparse.Namespace) -> list:
 
     from momo_ds.data import load_tokenizer
     from momo_ds.data.loader import check_streams
+    from momo_ds.data.text import vocab_fill_warning
+    from momo_ds.engine.checkpoint import latest_tag
     from momo_ds.engine.ds_config import load_ds_config
+    from momo_ds.engine.recipes import load_run_recipes
     from momo_ds.engine.stage import StageRunner
 
     out = Path(args.out)
@@ -112,19 +125,26 @@ def run(args: argparse.Namespace) -> list:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.save_every is not None:
         overrides.append(f"train.save_every={args.save_every}")
-    recipes = [load_recipe(f, overrides) for f in files]  # every recipe validated before any work starts
+    recipes, notes = load_run_recipes(files, overrides)  # every recipe validated before any work starts
+    for note in notes:
+        say(note)
     results, info = [], None
     for recipe in recipes:
         stage_dir = out / f"stage{recipe.stage}"
         if args.resume and (stage_dir / DONE).is_file():
-            if mdist.is_main_process():
-                print(f"[momo_ds] stage {recipe.stage} already finished in {stage_dir}; skipping")
+            say(f"stage {recipe.stage} already finished in {stage_dir}; skipping")
             results.append(json.loads((stage_dir / DONE).read_text()))
             continue
+        if args.resume and latest_tag(stage_dir / "checkpoints") is None:
+            say(f"--resume: no checkpoint of stage {recipe.stage} in {stage_dir / 'checkpoints'}; starting it "
+                f"from step 0")
         info = prepare_data(recipe, out) or info
         check_shards(recipe)
         check_streams(recipe.data)  # every local shard exists: fail before loading anything
         tokenizer = load_tokenizer(recipe.data.tokenizer)
+        warning = vocab_fill_warning(tokenizer, recipe.model_config().vocab_size)
+        if warning:
+            say(warning)
         init_state, source = None, ""
         init = recipe.train.init_from
         if init == "previous":
@@ -157,6 +177,9 @@ def run(args: argparse.Namespace) -> list:
         print_results(results)
         if info is not None and not args.no_eval:
             evaluate_run(out, [r["stage"] for r in results], info)
+        elif info is None and not args.no_eval:
+            say("the built-in held-out evaluation runs on the synthetic data only: evaluate these encoders on "
+                "your held-out data with tools/evaluate.py")
     mdist.barrier()
     return results
 
@@ -198,21 +221,39 @@ def print_results(results: list[dict]) -> None:
     Console(width=max(console.width, 140)).print(table)  # log files (no terminal) would otherwise wrap at 80
 
 
+def report_error(out: Path, e: Exception) -> int:
+    """One ``error:`` line for a config or data error. Every rank meets the same start-up errors, so rank 0
+    alone prints those; an error of one rank's own data share (``rank_local``) is printed by that rank."""
+    from momo_ds.engine import failure
+
+    rank = mdist.get_rank()
+    message = " ".join(str(e).split())  # one line, whatever the message held
+    if rank == 0 or getattr(e, "rank_local", False):
+        prefix = f"rank {rank}: " if rank else ""
+        print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
+    if mdist.get_world_size() > 1:
+        failure.record(out, rank, message)
+    return 2
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    from momo_ds.data.errors import DataError
+    from momo_ds.engine import failure
+
     args = parse_args(argv)
+    started = time.time()
     try:
         stage_recipes(args.config, args.stage)  # fail fast on a bad --config before starting processes' work
         init_distributed()
         start = time.perf_counter()
         run(args)
-        if mdist.is_main_process():
-            print(f"[momo_ds] done in {time.perf_counter() - start:.1f} s; outputs in {args.out}")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # data errors (missing shard, empty stream, bad tokenizer path) are ValueErrors
-        if type(e).__name__ != "DataError":
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        say(f"done in {time.perf_counter() - start:.1f} s; outputs in {args.out}")
+    except (ConfigError, DataError) as e:  # bad recipe, missing shard, empty stream, unusable tokenizer
+        return report_error(Path(args.out), e)
+    except Exception:
+        # A peer that stopped on a reported error leaves this rank failing inside a collective: its line is the
+        # message, this traceback would only bury it.
+        if mdist.get_world_size() > 1 and failure.peer_failure(Path(args.out), mdist.get_rank(), started):
+            return 2
+        raise
     return 0
