@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -138,18 +138,23 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def sum_counts(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """Sum nested counters (stream -> reason -> count) over ranks; key sets may differ between ranks."""
-    if not is_initialized() or dist.get_world_size() == 1:
-        return {s: dict(r) for s, r in counts.items()}
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, counts)  # in-memory dicts this job built itself
-    total: dict[str, dict[str, int]] = {}
-    for part in parts:
-        for stream, reasons in (part or {}).items():
-            for reason, n in reasons.items():
-                total.setdefault(stream, {})[reason] = total.get(stream, {}).get(reason, 0) + int(n)
-    return total
+def sum_count_table(counts: Mapping[str, Mapping[str, int]], rows: Sequence[str], cols: Sequence[str],
+                    device: Optional[torch.device] = None) -> dict[str, dict[str, int]]:
+    """Sum a rows x cols table of integer counters over ranks; every cell is in the result, 0 included.
+
+    Absent cells count as 0 and the layout is the caller's fixed order, the same on every rank, so the sum does
+    not depend on which counters a rank has seen; one all_reduce of one int64 tensor. A counter outside the
+    table is an error rather than silently dropped.
+    """
+    outside = sorted(f"{r}/{c}" for r, by_col in counts.items() for c in by_col if r not in rows or c not in cols)
+    if outside:
+        raise ValueError(f"counters outside the table: {outside}")
+    table = [[int(counts.get(r, {}).get(c, 0)) for c in cols] for r in rows]
+    if is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor(table, dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        table = t.tolist()
+    return {r: dict(zip(cols, values)) for r, values in zip(rows, table)}
 
 
 @torch.no_grad()

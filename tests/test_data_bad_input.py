@@ -12,7 +12,7 @@ from PIL import Image
 
 from momo_ds.config import DataConfig, StreamConfig
 from momo_ds.data import DataError, SampleError, SkipStats, build_eval_loader, build_stage_loader, check_streams
-from momo_ds.data.decode import decode_image
+from momo_ds.data.decode import INT64_MAX, decode_image, decode_label
 from momo_ds.data.fixtures import (encode_image, image_samples, pair_samples, text_samples, train_test_tokenizer,
                                    write_samples)
 
@@ -155,3 +155,37 @@ def test_decode_rejects_unsupported_formats():
     with pytest.raises(SampleError) as e:
         decode_image(b"")
     assert e.value.reason == SkipStats.EMPTY_MEMBER
+
+
+GOOD_LABELS = {b"0": 0, b"7": 7, b" 7 \n": 7, b"\t42\r\n": 42, b"007": 7, str(INT64_MAX).encode(): INT64_MAX,
+               b"0" * 5000 + b"3": 3}
+BAD_LABELS = [b"99999999999999999999999", str(INT64_MAX + 1).encode(), b"9" * 5000, b"-1", b"+5", b"1_000",
+              "\u0663".encode(), "\uff17".encode(), b"5.0", b"0x10", b"1e3", b"7 7", b"cat", b" ", b"\xff"]
+
+
+@pytest.mark.parametrize("data", list(GOOD_LABELS))
+def test_decode_label_accepts_padded_ascii_digits(data):
+    assert decode_label(data) == GOOD_LABELS[data]
+
+
+@pytest.mark.parametrize("data", BAD_LABELS)
+def test_decode_label_refuses_signs_underscores_non_ascii_digits_and_int64_overflow(data):
+    with pytest.raises(SampleError) as e:
+        decode_label(data)
+    assert e.value.reason == SkipStats.BAD_LABEL
+
+
+def test_label_too_large_for_int64_is_skipped_not_a_dead_worker(tmp_path, tok):
+    """The overflowing label used to pass decode and kill the DataLoader worker in collate (torch.tensor)."""
+    jpg = image_samples(1, (16, 16))[0]["jpg"]
+    good = [{"__key__": f"good{i}", "jpg": jpg, "cls": data} for i, data in enumerate((b"0", b" 7 ", b"007"))]
+    good.append({"__key__": "max", "jpg": jpg, "cls": str(INT64_MAX).encode()})
+    bad = [{"__key__": f"bad{i}", "jpg": jpg, "cls": data} for i, data in enumerate(BAD_LABELS)]
+    shards = write_samples(tmp_path, bad[:7] + good + bad[7:], 8)
+    cfg = DataConfig(streams=[StreamConfig(name="img", kind="image", shards=shards, batch_size=2)],
+                     image_size=16, num_workers=1, shuffle_buffer=4)
+    with build_stage_loader(cfg, tokenizer=tok, patch_size=8) as loader:
+        labels = {int(v) for _ in range(6) for v in loader.next()["img"].labels}
+        counts = loader.skip_counts()["img"]
+    assert labels == {0, 7, INT64_MAX}
+    assert set(counts) == {SkipStats.BAD_LABEL} and counts[SkipStats.BAD_LABEL] >= len(BAD_LABELS), counts

@@ -1,4 +1,4 @@
-"""Single-process units of the trainer: batch arithmetic, schedule, parameter groups, RNG state, NaN guard."""
+"""Single-process units of the trainer: batch arithmetic, schedule, parameter groups, RNG state, NaN guard, log row."""
 import json
 import math
 import random
@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from momo_ds.config import ConfigError, load_recipe, packaged_recipe
+from momo_ds.data import SkipStats
 from momo_ds.engine.checkpoint import rng_state, set_rng_state
 from momo_ds.engine.cmga import CMGAStep, NonFiniteLossError
 from momo_ds.engine.ds_config import load_ds_config, resolve_ds_config
 from momo_ds.engine.optim import lr_lambda, param_groups
+from momo_ds.engine.stage import StageRunner, _short, _summary_rows
 
 
 def stage3():
@@ -97,3 +99,61 @@ def test_repeated_set_flags_all_apply():
     args = parse_args(["--set", "model.align_inputs=masked", "--set", "train.max_steps=9", "train.warmup_steps=2"])
     assert args.overrides == ["model.align_inputs=masked", "train.max_steps=9", "train.warmup_steps=2"]
     assert parse_args([]).overrides == []
+
+
+class _Engine:
+    def get_lr(self):
+        return [1e-3]
+
+    def get_global_grad_norm(self):
+        return 0.5
+
+
+class _Loader:
+    """Like StageLoader.skip_counts: every stream listed, only its non-zero reasons."""
+
+    def __init__(self, counts: dict[str, dict[str, int]]):
+        self.counts = counts
+
+    def skip_counts(self) -> dict[str, dict[str, int]]:
+        return {s: dict(r) for s, r in self.counts.items()}
+
+
+def log_row(skips: dict[str, dict[str, int]]) -> dict[str, float]:
+    runner = StageRunner.__new__(StageRunner)  # _log_row needs only the engine, the loader and the world size
+    runner.engine, runner.loader, runner.world = _Engine(), _Loader(skips), 1
+    running = {"img/loss": torch.tensor(3.0), "txt/mlm_loss": torch.tensor(1.0)}
+    return runner._log_row(running, {"img/loss": 2, "txt/mlm_loss": 1}, samples=40, tokens=400, elapsed=2.0)
+
+
+def test_log_row_has_every_stream_and_reason_column_from_the_first_row():
+    row = log_row({"img": {SkipStats.BAD_LABEL: 2, SkipStats.CORRUPT_IMAGE: 1}, "txt": {}})
+    assert row["img/loss"] == 1.5 and row["txt/mlm_loss"] == 1.0 and row["samples_per_s"] == 20.0
+    assert row["img/skipped"] == 3.0 and row["txt/skipped"] == 0.0
+    for stream in ("img", "txt"):
+        assert [k for k in row if k.startswith(f"{stream}/skipped/")] == [
+            f"{stream}/skipped/{r}" for r in SkipStats.REASONS]
+    assert row["img/skipped/bad_label"] == 2.0 and row["img/skipped/corrupt_image"] == 1.0
+    assert row["img/skipped/broken_tar"] == 0.0 and row["txt/skipped/bad_utf8"] == 0.0
+    assert list(log_row({"img": {}, "txt": {SkipStats.BAD_UTF8: 5}})) == list(row), "same columns, same order"
+
+
+def test_log_row_refuses_a_reason_it_cannot_log():
+    with pytest.raises(ValueError, match="img/made_up"):
+        log_row({"img": {"made_up": 1}, "txt": {}})
+
+
+def test_progress_line_shows_skip_totals_not_reasons():
+    row = log_row({"img": {SkipStats.BAD_LABEL: 2}, "txt": {}})
+    short = _short(row)
+    assert short["img/skipped"] == 2.0 and short["txt/skipped"] == 0.0 and short["smp/s"] == 20.0
+    assert not [k for k in short if "/skipped/" in k]
+
+
+def test_stage_summary_names_window_throughput_apart_from_stage_means():
+    row = log_row({"img": {SkipStats.BAD_LABEL: 2}, "txt": {}})
+    summary = _summary_rows(row)
+    assert summary["samples/s (last window)"] == 20.0 and summary["tokens/s (last window)"] == 200.0
+    assert not {"samples_per_s", "tokens_per_s", "samples/s (stage mean)", "tokens/s (stage mean)"} & set(summary)
+    assert [k for k in summary if "/skipped/" in k] == ["img/skipped/bad_label"], "only the reasons that occurred"
+    assert summary["txt/skipped"] == 0.0 and summary["img/loss"] == 1.5

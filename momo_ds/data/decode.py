@@ -7,6 +7,7 @@ nothing in a shard is unpickled. A member with any other extension makes the sam
 from __future__ import annotations
 
 import io
+import re
 from typing import Optional
 
 import numpy as np
@@ -113,12 +114,21 @@ def decode_text(data: bytes) -> str:
     return text
 
 
+INT64_MAX = 2**63 - 1  # labels are collated into an int64 tensor
+_LABEL = re.compile(rb"\s*([0-9]+)\s*")  # bytes pattern: \s is ASCII whitespace only
+
+
 def decode_label(data: bytes) -> int:
-    """ASCII integer class label → int (>= 0)."""
-    try:
-        value = int(bytes(data).decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        raise SampleError(SkipStats.BAD_LABEL, repr(bytes(data[:20]))) from None
-    if value < 0:
-        raise SampleError(SkipStats.BAD_LABEL, str(value))
-    return value
+    """ASCII decimal class label, optionally padded with whitespace → int in [0, 2**63-1].
+
+    Stricter than ``int()``, which also takes signs, underscores ("1_000") and non-ASCII digits ("٣"): a label
+    is written by a tool, so anything else is damage. A label too large for int64 is refused here; it would
+    otherwise overflow ``torch.tensor`` in collate and kill the DataLoader worker.
+    """
+    m = _LABEL.fullmatch(bytes(data))
+    if m is None:
+        raise SampleError(SkipStats.BAD_LABEL, repr(bytes(data[:20])))
+    digits = m.group(1).lstrip(b"0") or b"0"
+    if len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:  # length first: int() refuses > 4300 digits
+        raise SampleError(SkipStats.BAD_LABEL, f"{digits[:20].decode()}... does not fit int64")
+    return int(digits)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 from typing import Optional
@@ -10,9 +11,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from momo_ds.engine.checkpoint import atomic_write_text
+
 
 class MetricsWriter:
-    """Appends one row per log step to ``metrics.csv`` (header from the first row) and to TensorBoard."""
+    """Appends one row per log step to ``metrics.csv`` and to TensorBoard.
+
+    The header is the first row's keys (or, on resume, the existing file's). A later row with a key that is not a
+    column rewrites the file with the union of columns, earlier rows blank there, instead of dropping the value.
+    """
 
     def __init__(self, stage_dir: Path, enabled: bool, tensorboard: bool = True):
         self.enabled = enabled
@@ -32,19 +39,35 @@ class MetricsWriter:
             return
         row = {"step": step, **row}
         if self._fields is None:
-            if self.path.is_file() and self.path.stat().st_size > 0:  # resumed: keep the existing header
-                with self.path.open() as f:
-                    self._fields = next(csv.reader(f))
-            else:
-                self._fields = list(row)
-                with self.path.open("w", newline="") as f:
-                    csv.writer(f).writerow(self._fields)
+            self._fields = self._existing_header()
+        new = [k for k in row if k not in self._fields]
+        if new:
+            self._rewrite(self._fields + new)
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore").writerow(row)
+            csv.DictWriter(f, fieldnames=self._fields).writerow(row)
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step":
                     self._tb.add_scalar(k, v, step)
+
+    def _existing_header(self) -> list[str]:
+        """The columns of a resumed stage's metrics.csv; none for a new (or empty) file."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return []
+        with self.path.open(newline="") as f:
+            return next(csv.reader(f), [])
+
+    def _rewrite(self, fields: list[str]) -> None:
+        """Write the file anew under ``fields`` (earlier rows kept, blank in new columns), atomically: a run
+        killed mid-rewrite leaves the old file, never a half-written one."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        if self._fields:  # columns known: the file exists
+            with self.path.open(newline="") as f:
+                writer.writerows(csv.DictReader(f))
+        atomic_write_text(self.path, out.getvalue())
+        self._fields = fields
 
     def close(self) -> None:
         if self._tb is not None:

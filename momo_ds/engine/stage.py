@@ -230,7 +230,8 @@ class StageRunner:
                              final=last)
         console.print_summary(f"stage {self.recipe.stage} done", {
             "steps": self.step, "wall time (s)": round(elapsed, 1), "steps/s": result.steps_per_s,
-            "samples/s": result.samples_per_s, **last})
+            "samples/s (stage mean)": result.samples_per_s, "tokens/s (stage mean)": self.counters["tokens"] / elapsed,
+            **_summary_rows(last)})
         return result
 
     def _update(self):
@@ -254,8 +255,20 @@ class StageRunner:
             row["grad_norm"] = float(grad_norm)
         row["samples_per_s"] = samples * self.world / max(elapsed, 1e-9)
         row["tokens_per_s"] = tokens * self.world / max(elapsed, 1e-9)
-        for stream, reasons in mdist.sum_counts(self.loader.skip_counts()).items():
+        row.update(self._skip_columns(running[keys[0]].device))
+        return row
+
+    def _skip_columns(self, device: torch.device) -> dict[str, float]:
+        """``<stream>/skipped`` and ``<stream>/skipped/<reason>`` summed over ranks, every stream and reason from
+        the first row on (0 included): metrics.csv fixes its columns there. The loader lists every stream of the
+        recipe in recipe order on every rank, and the reasons are a fixed tuple, so the table has one layout."""
+        from momo_ds.data import SkipStats
+
+        counts = self.loader.skip_counts()
+        row = {}
+        for stream, reasons in mdist.sum_count_table(counts, list(counts), SkipStats.REASONS, device).items():
             row[f"{stream}/skipped"] = float(sum(reasons.values()))
+            row.update({f"{stream}/skipped/{reason}": float(n) for reason, n in reasons.items()})
         return row
 
     # -------------------------------------------------------------------------------------------------- export
@@ -281,6 +294,13 @@ class StageRunner:
     def close(self) -> None:
         self.loader.close()
         self.engine.destroy() if hasattr(self.engine, "destroy") else None
+
+
+def _summary_rows(last: dict[str, float]) -> dict[str, float]:
+    """The last log window for the end-of-stage table: throughput named apart from the stage means above it, and
+    only the skip reasons that occurred (the CSV keeps every reason)."""
+    names = {"samples_per_s": "samples/s (last window)", "tokens_per_s": "tokens/s (last window)"}
+    return {names.get(k, k): v for k, v in last.items() if "/skipped/" not in k or v}
 
 
 def _short(row: dict[str, float]) -> dict[str, float]:
