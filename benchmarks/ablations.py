@@ -59,7 +59,8 @@ def evaluate(encoder: Path, data_dir: Path, num: int, seed: int) -> dict:
     r = evaluate_synthetic(encoder, make_synthetic(data_dir, num=num, image_size=32, seed=seed))
     ret = r["retrieval"]
     return {"probe_top1": r["linear_probe"]["top1"], "probe_chance": r["linear_probe"]["chance_top1"],
-            "retrieval_r1": (ret["tr@1"] + ret["ir@1"]) / 2, "retrieval_r10": (ret["tr@10"] + ret["ir@10"]) / 2}
+            "retrieval_r1": (ret["tr@1_pct"] + ret["ir@1_pct"]) / 2,
+            "retrieval_r10": (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2}
 
 
 def stage3_flops(align: str) -> float:

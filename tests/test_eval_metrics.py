@@ -23,9 +23,9 @@ def test_recall_on_hand_built_similarity():
     sim = torch.tensor([[0.9, 0.1, 0.0], [0.5, 0.4, 0.1], [0.6, 0.5, 0.2]])
     img = torch.eye(3)
     r = retrieval_recall(img, sim.T.contiguous(), ks=(1, 2, 3))  # img @ txt.T == sim
-    assert r["tr@1"] == pytest.approx(100 / 3) and r["tr@2"] == pytest.approx(200 / 3) and r["tr@3"] == 100
+    assert r["tr@1_pct"] == pytest.approx(100 / 3) and r["tr@2_pct"] == pytest.approx(200 / 3) and r["tr@3_pct"] == 100
     # IR: text 0 -> image 0 is best (0.9); text 1 -> column [0.1,0.4,0.5]: image 1 2nd; text 2 -> [0,0.1,0.2]: 1st
-    assert r["ir@1"] == pytest.approx(200 / 3) and r["ir@2"] == 100
+    assert r["ir@1_pct"] == pytest.approx(200 / 3) and r["ir@2_pct"] == 100
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
@@ -38,7 +38,7 @@ def test_recall_matches_naive_with_several_texts_per_image(chunk):
     got = retrieval_recall(img, txt, txt_image, ks=(1, 2, 5), chunk=chunk)
     for k in (1, 2, 5):
         tr, ir = naive_recall(sim, txt_image.tolist(), k)
-        assert got[f"tr@{k}"] == pytest.approx(tr) and got[f"ir@{k}"] == pytest.approx(ir)
+        assert got[f"tr@{k}_pct"] == pytest.approx(tr) and got[f"ir@{k}_pct"] == pytest.approx(ir)
 
 
 def test_recall_rejects_empty_and_mismatched():

@@ -29,9 +29,9 @@ def random_encoder(tmp_path_factory, synthetic):
 def test_random_encoder_retrieval_near_chance(random_encoder, synthetic):
     r = evaluate_synthetic(random_encoder, synthetic)
     ret = r["retrieval"]
-    assert ret["images"] == ret["texts"] == 64 and ret["chance_r1"] == pytest.approx(100 / 64)
+    assert ret["images"] == ret["texts"] == 64 and ret["chance_r1_pct"] == pytest.approx(100 / 64)
     # chance R@10 = 15.6 %: an untrained encoder's embeddings carry no image-text alignment
-    assert (ret["tr@10"] + ret["ir@10"]) / 2 < 35.0, ret
+    assert (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2 < 35.0, ret
     lp = r["linear_probe"]
     assert lp["classes"] == 16 and 0.0 <= lp["top1"] <= 100.0 and lp["val_n"] == 64
 
@@ -81,3 +81,76 @@ def test_glue_text_classification_runs_and_scores(tmp_path, random_encoder, synt
     with pytest.raises(ValueError, match="missing column"):
         (tmp_path / "x.tsv").write_text("text\tlabel\nhi\t1\n")
         run_task(enc, "glue", glue_task="sst2", train=[str(tmp_path / "x.tsv")], val=[str(tmp_path / "x.tsv")])
+
+
+def _mrpc(path, rows: int, words: int):
+    """An MRPC file in the real GLUE layout whose sentence pairs run past the tiny encoder's 64 positions."""
+    lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    for i in range(rows):
+        c = ("red", "blue")[i % 2]
+        lines.append(f"{int(c == 'red')}\t{2 * i}\t{2 * i + 1}\t{' '.join([f'a {c} circle'] * words)}\t"
+                     f"\"the\" {c} one")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_glue_on_tiny_encoder_defaults_max_len_to_its_position_table(tmp_path, capsys, random_encoder):
+    """The tiny preset has 64 text positions; GLUE's usual 128 used to fail on every text longer than 64."""
+    train, dev = _mrpc(tmp_path / "train.tsv", 8, 30), _mrpc(tmp_path / "dev.tsv", 4, 30)
+    out = tmp_path / "r" / "glue.json"
+    argv = ["--encoder", str(random_encoder), "--task", "glue", "--glue_task", "MRPC", "--train", train, "--val", dev,
+            "--epochs", "1", "--json", str(out)]
+    assert evaluate_main(argv) == 0, capsys.readouterr().err
+    r = json.loads(out.read_text())["glue"]
+    assert set(r) == {"acc", "f1", "train_n", "val_n"} and r["val_n"] == 4
+    assert evaluate_main([*argv, "--max_len", "16"]) == 0
+    msg = _err(capsys, [*argv, "--max_len", "100"])
+    assert "--max_len 100" in msg and "max_text_len 64" in msg, msg
+
+
+def test_finished_tasks_survive_a_failing_one(tmp_path, capsys, random_encoder, synthetic):
+    out = tmp_path / "eval.json"
+    code = evaluate_main(["--encoder", str(random_encoder), "--task", "retrieval", "glue", "--glue_task", "sst2",
+                          "--pairs", synthetic.shards["pair"]["val"], "--train", str(tmp_path / "no.tsv"),
+                          "--val", str(tmp_path / "no.tsv"), "--json", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: glue: text classification data not found")
+    r = json.loads(out.read_text())
+    assert r["glue"] == {"error": err[0].removeprefix("error: glue: ")}
+    assert {"tr@1_pct", "ir@10_pct", "chance_r1_pct"} <= set(r["retrieval"]) and "tr@1" not in r["retrieval"]
+
+
+def test_a_crash_in_one_task_is_recorded_and_the_rest_still_run(tmp_path, capsys, monkeypatch, random_encoder):
+    import tools.evaluate as cli
+
+    def fake(enc, task, **kw):
+        if task == "retrieval":
+            raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+        return {"top1": 50.0}
+
+    monkeypatch.setattr(cli, "run_task", fake)
+    out = tmp_path / "eval.json"
+    code = cli.main(["--encoder", str(random_encoder), "--task", "retrieval", "linear_probe", "--pairs", "p.tar",
+                     "--train", "t.tar", "--val", "v.tar", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" in err
+    assert err.strip().splitlines()[-1] == "error: retrieval: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert json.loads(out.read_text()) == {
+        "retrieval": {"error": "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"},
+        "linear_probe": {"top1": 50.0}}
+
+
+def test_first_user_mistakes_are_one_line_errors_before_any_task_runs(tmp_path, capsys, random_encoder, synthetic):
+    enc, pairs = ["--encoder", str(random_encoder)], ["--pairs", synthetic.shards["pair"]["val"]]
+    out = tmp_path / "eval.json"
+    assert "unknown task 'vqa'" in _err(capsys, [*enc, "--task", "retrieval", "vqa", *pairs, "--json", str(out)])
+    assert not out.exists(), "the typo in the second task must stop the command before retrieval runs"
+    assert "glue needs --glue_task" in _err(capsys, [*enc, "--task", "glue", "--train", "a", "--val", "b"])
+    assert "--device 'gpu'" in _err(capsys, [*enc, "--task", "retrieval", *pairs, "--device", "gpu"])
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _err(capsys, [*enc, "--task", "retrieval", *pairs, "--device", "cuda"])
+    assert "is a directory" in _err(capsys, [*enc, "--task", "retrieval", *pairs, "--json", str(tmp_path)])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "cannot create its folder" in _err(capsys, [*enc, "--task", "retrieval", *pairs, "--json",
+                                                       str(blocker / "eval.json")])

@@ -59,9 +59,9 @@ def test_learning_check_far_above_chance(default_run):
     out, proc = default_run
     report = json.loads((out / "eval.json").read_text())
     s2, s3 = report["stage2"], report["stage3"]
-    r1 = (s3["retrieval/tr@1"] + s3["retrieval/ir@1"]) / 2
-    r10 = (s3["retrieval/tr@10"] + s3["retrieval/ir@10"]) / 2
-    chance_r1 = s3["retrieval/chance_r1"]  # 100 / 500 pairs = 0.2 %
+    r1 = (s3["retrieval/tr@1_pct"] + s3["retrieval/ir@1_pct"]) / 2
+    r10 = (s3["retrieval/tr@10_pct"] + s3["retrieval/ir@10_pct"]) / 2
+    chance_r1 = s3["retrieval/chance_r1_pct"]  # 100 / 500 pairs = 0.2 %
     assert r1 >= 10 * chance_r1, f"held-out R@1 {r1:.2f} % vs chance {chance_r1:.2f} %"
     assert r10 >= 15.0, f"held-out R@10 {r10:.2f} % vs chance {10 * chance_r1:.2f} %"
     for stage in ("stage1", "stage2", "stage3"):
@@ -69,7 +69,7 @@ def test_learning_check_far_above_chance(default_run):
         # benchmarks/results/ablations_cpu2_2026-11-22.md). This only catches collapsed or non-finite features.
         top1, chance = report[stage]["linear_probe/top1"], report[stage]["linear_probe/chance_top1"]  # ~8.4 %
         assert top1 >= max(25.0, 2.5 * chance), f"{stage} linear probe {top1:.1f} % vs chance {chance:.1f} %"
-    s2_r10 = (s2["retrieval/tr@10"] + s2["retrieval/ir@10"]) / 2
+    s2_r10 = (s2["retrieval/tr@10_pct"] + s2["retrieval/ir@10_pct"]) / 2
     assert r10 >= s2_r10 + 10.0, f"stage 3 R@10 {r10:.1f} % did not improve on stage 2's {s2_r10:.1f} %"
 
 

@@ -18,7 +18,7 @@ class LoadedEncoder:
     model: torch.nn.Module  # MoMo with no decoders, eval mode
     config: ModelConfig
     meta: dict[str, Any]
-    tokenizer: Optional[str]  # path/name recorded at export
+    tokenizer: Optional[str]  # the bundled tokenizer file, else the path/name recorded at export
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
@@ -54,5 +54,13 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     except ValueError as e:
         raise ValueError(f"encoder/config mismatch in {path.name}: {e}") from None
     model.to(device).eval()
-    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=meta.get("tokenizer"))
+    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=_tokenizer_path(path, meta.get("tokenizer")))
+
+
+def _tokenizer_path(encoder: Path, recorded: Optional[str]) -> Optional[str]:
+    """The tokenizer an export names: a file bundled beside the encoder (recorded by name, so the folder can be
+    moved), else the path or name the recipe gave."""
+    if recorded and not Path(recorded).is_absolute() and (encoder.parent / recorded).is_file():
+        return str(encoder.parent / recorded)
+    return recorded
 

@@ -10,7 +10,8 @@ from torch import Tensor
 @torch.no_grad()
 def retrieval_recall(img: Tensor, txt: Tensor, txt_image: Optional[Tensor] = None, ks: Sequence[int] = (1, 5, 10),
                      chunk: int = 1024) -> dict[str, float]:
-    """Zero-shot retrieval recall@k in percent, both directions.
+    """Zero-shot retrieval recall@k in percent, both directions: keys ``tr@{k}_pct`` and ``ir@{k}_pct`` (the
+    suffix says the unit, so 0.99 reads as 0.99 %, not 99 %).
 
     img: [Ni, D] and txt: [Nt, D] L2-normalised embeddings; ``txt_image[j]`` is the index of the image that
     text j describes (default: ``arange``, one text per image). TR@k: fraction of images with at least one of
@@ -43,8 +44,8 @@ def retrieval_recall(img: Tensor, txt: Tensor, txt_image: Optional[Tensor] = Non
                                            torch.full_like(hit[:, 0], kmax, dtype=torch.long))
     out = {}
     for k in ks:
-        out[f"tr@{k}"] = 100.0 * float((tr_rank < k).float().mean())
-        out[f"ir@{k}"] = 100.0 * float((ir_rank < k).float().mean())
+        out[f"tr@{k}_pct"] = 100.0 * float((tr_rank < k).float().mean())
+        out[f"ir@{k}_pct"] = 100.0 * float((ir_rank < k).float().mean())
     return out
 
 

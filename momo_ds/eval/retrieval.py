@@ -24,12 +24,13 @@ def pair_features(model, batches: Iterable[PairBatch], device: torch.device) -> 
 
 
 def retrieval_metrics(img: Tensor, txt: Tensor, chunk: int = 1024) -> dict[str, float]:
-    """Recall@1/5/10 both ways. Rows with identical image embeddings (the same image captioned several times,
-    as in COCO's 5 captions per image) count as one image whose texts are all correct."""
+    """Recall@1/5/10 both ways, in percent (``tr@1_pct`` ...; ``chance_r1_pct`` = 100 / images). Rows with
+    identical image embeddings (the same image captioned several times, as in COCO's 5 captions per image) count
+    as one image whose texts are all correct."""
     uniq, inverse = torch.unique(img, dim=0, return_inverse=True)
     out = retrieval_recall(uniq, txt, inverse, ks=(1, 5, 10), chunk=chunk)
     out.update(images=float(uniq.shape[0]), texts=float(txt.shape[0]),
-               chance_r1=100.0 / max(1, uniq.shape[0]))
+               chance_r1_pct=100.0 / max(1, uniq.shape[0]))
     return out
 
 

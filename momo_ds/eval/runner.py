@@ -11,6 +11,7 @@ from momo_ds import distributed as mdist
 from momo_ds.eval.encoder import LoadedEncoder, load_encoder
 
 TASKS = ("retrieval", "linear_probe", "glue")
+DEFAULT_MAX_LEN = 128  # GLUE's usual fine-tuning length
 
 
 def _tokenizer(enc: LoadedEncoder, override: Optional[str]):
@@ -22,43 +23,71 @@ def _tokenizer(enc: LoadedEncoder, override: Optional[str]):
     return load_tokenizer(name)
 
 
-def _loader(enc: LoadedEncoder, urls: Sequence[str], kind: str, tokenizer, batch_size: int):
+def text_max_len(enc: LoadedEncoder, requested: Optional[int] = None) -> int:
+    """Tokens per GLUE / retrieval text: ``requested``, else min(128, the encoder's position table), so the tiny
+    preset (64 positions) works without flags. More than the table holds cannot be embedded: one-line error."""
+    limit = enc.config.max_text_len
+    if requested is None:
+        return min(DEFAULT_MAX_LEN, limit)
+    if requested > limit:
+        raise ValueError(f"--max_len {requested} exceeds the encoder's max_text_len {limit}")
+    if requested < 1:
+        raise ValueError(f"--max_len must be at least 1, got {requested}")
+    return requested
+
+
+def _loader(enc: LoadedEncoder, urls: Sequence[str], kind: str, tokenizer, batch_size: int, max_len: int):
     from momo_ds.data import build_eval_loader
 
     return build_eval_loader(list(urls), kind, tokenizer=tokenizer, image_size=enc.config.img_size,
-                             patch_size=enc.config.patch_size, batch_size=batch_size,
-                             max_text_len=enc.config.max_text_len, rank=mdist.get_rank(),
-                             world_size=mdist.get_world_size())
+                             patch_size=enc.config.patch_size, batch_size=batch_size, max_text_len=max_len,
+                             rank=mdist.get_rank(), world_size=mdist.get_world_size())
+
+
+def check_task(task: str, *, pairs: Sequence[str] = (), train: Sequence[str] = (), val: Sequence[str] = (),
+               glue_task: str = "") -> None:
+    """The inputs a task needs, checked before any task runs: a typo in the last task of a command should not
+    surface only after the first ones have spent their hours."""
+    from momo_ds.eval.text_cls import GLUE_TASKS, glue_task_name
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if task == "retrieval" and not pairs:
+        raise ValueError("retrieval needs --pairs (image-text pair shards)")
+    if task == "linear_probe" and (not train or not val):
+        raise ValueError("linear_probe needs --train and --val (labelled image shards)")
+    if task != "glue":
+        return
+    if not glue_task:
+        raise ValueError(f"glue needs --glue_task, one of: {', '.join(GLUE_TASKS)}")
+    if glue_task_name(glue_task) not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {glue_task!r}; valid: {', '.join(GLUE_TASKS)}")
+    if len(train) != 1 or len(val) != 1:
+        raise ValueError("glue needs one --train and one --val file (TSV or JSONL)")
 
 
 def run_task(enc: LoadedEncoder, task: str, *, pairs: Sequence[str] = (), train: Sequence[str] = (),
              val: Sequence[str] = (), glue_task: str = "", tokenizer: Optional[str] = None, batch_size: int = 256,
-             device: torch.device = torch.device("cpu"), **glue_kwargs) -> dict[str, float]:
-    """One evaluation task; raises ValueError (one line) on an unknown task or missing inputs."""
+             max_len: Optional[int] = None, device: torch.device = torch.device("cpu"),
+             **glue_kwargs) -> dict[str, float]:
+    """One evaluation task; raises ValueError (one line) on an unknown task or missing inputs.
+
+    max_len: tokens per text (retrieval captions, GLUE inputs); None = :func:`text_max_len`'s default."""
     from momo_ds.eval.linear_probe import image_features, linear_probe
     from momo_ds.eval.retrieval import evaluate_retrieval
 
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    check_task(task, pairs=pairs, train=train, val=val, glue_task=glue_task)
+    max_len = text_max_len(enc, max_len)
+    tok = _tokenizer(enc, tokenizer)
     if task == "retrieval":
-        if not pairs:
-            raise ValueError("retrieval needs --pairs (image-text pair shards)")
-        tok = _tokenizer(enc, tokenizer)
-        return evaluate_retrieval(enc.model, _loader(enc, pairs, "pair", tok, batch_size), device)
+        return evaluate_retrieval(enc.model, _loader(enc, pairs, "pair", tok, batch_size, max_len), device)
     if task == "linear_probe":
-        if not train or not val:
-            raise ValueError("linear_probe needs --train and --val (labelled image shards)")
-        tok = _tokenizer(enc, tokenizer)
-        tr = image_features(enc.model, _loader(enc, train, "image", tok, batch_size), device)
-        va = image_features(enc.model, _loader(enc, val, "image", tok, batch_size), device)
+        tr = image_features(enc.model, _loader(enc, train, "image", tok, batch_size, max_len), device)
+        va = image_features(enc.model, _loader(enc, val, "image", tok, batch_size, max_len), device)
         return linear_probe(tr, va)
-    from momo_ds.eval.text_cls import GLUE_TASKS, finetune_text
+    from momo_ds.eval.text_cls import GLUE_TASKS, finetune_text, glue_task_name
 
-    if glue_task not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {glue_task!r}; valid: {', '.join(GLUE_TASKS)}")
-    if len(train) != 1 or len(val) != 1:
-        raise ValueError("glue needs one --train and one --val file (TSV or JSONL)")
-    return finetune_text(enc.model, _tokenizer(enc, tokenizer), GLUE_TASKS[glue_task], train[0], val[0],
+    return finetune_text(enc.model, tok, GLUE_TASKS[glue_task_name(glue_task)], train[0], val[0], max_len=max_len,
                          device=device, **glue_kwargs)
 
 
