@@ -142,10 +142,25 @@ def without_decoders(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_encoder(model_fp32, path: Path, meta: dict[str, Any]) -> Path:
-    """Write ``model_fp32.export_state_dict()`` as safetensors plus ``<name>.json`` (config, tokenizer, stage)."""
+def tokenizer_file(encoder: Path) -> Path:
+    """Where an export bundles its tokenizer: ``encoder.safetensors`` -> ``encoder.tokenizer.json``."""
+    return Path(encoder).with_suffix(".tokenizer.json")
+
+
+def export_encoder(model_fp32, path: Path, meta: dict[str, Any], tokenizer=None) -> Path:
+    """Write ``model_fp32.export_state_dict()`` as safetensors plus ``<name>.json`` (config, tokenizer, stage).
+
+    With ``tokenizer``, it is bundled as ``<name>.tokenizer.json`` and the JSON records that file's name, so the
+    export folder alone is enough to use the encoder; ``tokenizer_source`` keeps what the recipe named.
+    """
+    from momo_ds.data.text import save_tokenizer
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        meta = {**meta, "tokenizer_source": meta.get("tokenizer", tokenizer.name)}
+        if save_tokenizer(tokenizer, tokenizer_file(path)):
+            meta["tokenizer"] = tokenizer_file(path).name
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model_fp32.export_state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"format": "momo_ds.encoder", "stage": str(meta.get("stage", ""))})

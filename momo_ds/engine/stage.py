@@ -53,7 +53,8 @@ def build_stage_model(recipe: RecipeConfig, tokenizer) -> tuple[torch.nn.Module,
     mcfg = recipe.model_config()
     if tokenizer is not None:
         if tokenizer.vocab_size > mcfg.vocab_size:
-            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={mcfg.vocab_size}")
+            raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but model.vocab_size="
+                              f"{mcfg.vocab_size}: set model.vocab_size={tokenizer.vocab_size}")
         if tokenizer.pad_id != mcfg.pad_token_id:
             mcfg.pad_token_id = tokenizer.pad_id
     if recipe.data.image_size != mcfg.img_size:
@@ -289,7 +290,7 @@ class StageRunner:
             raise RuntimeError(f"export: checkpoint and model disagree on {bad[:5]}")
         if hasattr(model, "tie_weights"):
             model.tie_weights()
-        return ckpt.export_encoder(model, self.stage_dir / "encoder.safetensors", meta)
+        return ckpt.export_encoder(model, self.stage_dir / "encoder.safetensors", meta, tokenizer=self.tokenizer)
 
     def close(self) -> None:
         self.loader.close()
