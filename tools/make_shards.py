@@ -3,13 +3,16 @@
 
     python tools/make_shards.py images   --root imagenet/train --out shards/imagenet --prefix train
     python tools/make_shards.py texts    wiki/*.txt books.jsonl --out shards/text [--unit paragraph|line|file]
-    python tools/make_shards.py captions coco/captions_train2017.json --image-root coco/train2017 --out shards/coco
+    python tools/make_shards.py captions coco/annotations/captions_train2017.json --out shards/coco
 
-Prints the brace pattern to put in a stream's ``shards:`` and a summary of samples written and skipped.
+Prints the brace pattern to put in a stream's ``shards:`` and a summary of samples written and skipped (and why,
+when nothing was written). Exit status: 0 when samples were written, 1 when none were, 2 on an unusable input
+(one ``error: ...`` line on stderr).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,16 +32,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_argument("--out", required=True, help="output folder")
     common.add_argument("--prefix", default="train", help="shard name prefix (train, val...)")
     common.add_argument("--shard-size", type=int, default=None, help="samples per shard")
-    img = sub.add_parser("images", parents=[common], help="image folder with one sub-folder per class")
+    img = sub.add_parser("images", parents=[common],
+                         help="image folder: one sub-folder per class, or flat (unlabelled images)")
     img.add_argument("--root", required=True)
     img.add_argument("--class-index", default=None, help="class_index.json to reuse (e.g. the train split's)")
-    txt = sub.add_parser("texts", parents=[common], help=".txt / .jsonl documents")
+    txt = sub.add_parser("texts", parents=[common], help="plain text, .jsonl, .json array or .parquet documents")
     txt.add_argument("paths", nargs="+")
-    txt.add_argument("--unit", default="paragraph", choices=["paragraph", "line", "file"], help=".txt documents")
-    txt.add_argument("--text-field", default="text", help="field of .jsonl records")
-    cap = sub.add_parser("captions", parents=[common], help="JSONL / CSV / TSV / COCO captions JSON")
+    txt.add_argument("--unit", default="paragraph", choices=["paragraph", "line", "file"],
+                     help="documents of plain-text files")
+    txt.add_argument("--text-field", default="text", help="field of .jsonl/.json records, column of .parquet")
+    cap = sub.add_parser("captions", parents=[common],
+                         help="JSONL / CSV / TSV / JSON array of records / COCO captions JSON")
     cap.add_argument("path")
-    cap.add_argument("--image-root", default=None, help="folder of relative image paths (default: file's folder)")
+    cap.add_argument("--image-root", default=None,
+                     help="folder of relative image paths (default: the file's folder; for COCO's "
+                          "annotations/captions_<split>.json, the <split>/ folder beside annotations/)")
     cap.add_argument("--image-field", default=None)
     cap.add_argument("--caption-field", default=None)
     for s in (img, cap):
@@ -48,32 +56,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _load_class_index(path: str) -> dict[str, int]:
+    """A class_index.json, with a one-line error when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"class index not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
 def run(args: argparse.Namespace, console: Console) -> sw.ShardSummary:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         if args.command == "images":
-            import json
-
-            root = Path(args.root)
-            total = sum(1 for c in root.iterdir() if c.is_dir() for f in c.rglob("*") if f.is_file())
-            task = bar.add_task(f"images {root}", total=total)
-            index = json.loads(Path(args.class_index).read_text()) if args.class_index else None
-            return sw.write_image_folder(root, args.out, prefix=args.prefix, shard_size=args.shard_size or 1000,
+            task = bar.add_task(f"images {args.root}", total=None)
+            index = _load_class_index(args.class_index) if args.class_index else None
+            return sw.write_image_folder(args.root, args.out, prefix=args.prefix, shard_size=args.shard_size or 1000,
                                          shuffle_seed=None if args.no_shuffle else args.seed,
                                          verify=not args.no_verify, class_index=index,
-                                         progress=lambda n: bar.advance(task, n))
+                                         progress=lambda n: bar.advance(task, n),
+                                         total=lambda n: bar.update(task, total=n))
         if args.command == "texts":
             task = bar.add_task("text files", total=len(args.paths))
             return sw.write_texts(args.paths, args.out, prefix=args.prefix, shard_size=args.shard_size or 10000,
                                   unit=args.unit, text_field=args.text_field, progress=lambda n: bar.advance(task, n))
-        records, _ = sw.read_caption_records(args.path, image_field=args.image_field,
-                                             caption_field=args.caption_field)
-        task = bar.add_task(f"captions {args.path}", total=len(records))
+        task = bar.add_task(f"captions {args.path}", total=None)
         return sw.write_captions(args.path, args.out, image_root=args.image_root, prefix=args.prefix,
                                  shard_size=args.shard_size or 1000, image_field=args.image_field,
                                  caption_field=args.caption_field, verify=not args.no_verify,
                                  shuffle_seed=None if args.no_shuffle else args.seed,
-                                 progress=lambda n: bar.advance(task, n))
+                                 progress=lambda n: bar.advance(task, n),
+                                 total=lambda n: bar.update(task, total=n))
 
 
 def print_summary(summary: sw.ShardSummary, console: Console) -> None:
@@ -85,15 +99,22 @@ def print_summary(summary: sw.ShardSummary, console: Console) -> None:
     for reason, n in summary.skipped.items():
         table.add_row(f"skipped: {reason}", str(n))
     console.print(table)
-    for k, v in summary.extra.items():
-        console.print(f"{k}: {v}")
-    console.print(f"shards: {summary.pattern or '(none written)'}")
+    lines = [f"{k}: {v}" for k, v in summary.extra.items()]
+    if not summary.written:
+        lines.append(f"no samples written: {summary.why_empty()}")
+    lines.append(f"shards: {summary.pattern or '(none written)'}")
+    for line in lines:  # paths verbatim: no markup, highlighting or wrapping
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     console = Console(stderr=False)
-    summary = run(args, console)
+    try:
+        summary = run(args, console)
+    except (OSError, ValueError) as e:  # unusable input: one line, no traceback
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
+        return 2
     print_summary(summary, console)
     return 0 if summary.written else 1
 

@@ -12,6 +12,7 @@ batch count), so the batches are bitwise those the uninterrupted slot would have
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -55,7 +56,8 @@ class StreamSpec:
 
 
 class SampleProcessor:
-    """Raw sample → list of model samples (several for a long text document); raises SampleError."""
+    """Raw sample → list of model samples (several for a long text document or, in evaluation, for an image with
+    several captions); raises SampleError."""
 
     def __init__(self, spec: StreamSpec, tokenizer):
         self.spec = spec
@@ -74,6 +76,21 @@ class SampleProcessor:
             return [ids[i: i + n] for i in range(0, len(ids), n)]
         return [ids[:n]]
 
+    def _captions(self, data: bytes, seed: int) -> list[list[int]]:
+        """Token ids of a pair's captions: one per non-empty line (tools/make_shards.py stores every caption of an
+        image in one txt member); captions that tokenise to nothing are dropped.
+
+        Training keeps one, drawn from the sample's seed with a generator of its own, and draws nothing for a single
+        caption: single-caption shards give exactly the batches they always gave. Evaluation keeps every caption.
+        """
+        lines = [line.strip() for line in decode_text(data).split("\n")]
+        ids = [t for t in map(self.tokenizer.encode_one, filter(None, lines)) if t]
+        if not ids:
+            raise SampleError(SkipStats.EMPTY_TEXT, "no tokens")
+        if self.spec.train and len(ids) > 1:
+            ids = [ids[random.Random(mix_seed(seed, "caption")).randrange(len(ids))]]
+        return [t[: self.spec.max_text_len] for t in ids]
+
     def _image(self, data: bytes, seed: int):
         img = decode_image(data)
         if not self.random:
@@ -86,12 +103,12 @@ class SampleProcessor:
         img_ext, txt_ext, cls_ext = check_members(raw, self.spec.kind)
         if self.spec.kind == "text":
             return self._tokens(raw[txt_ext])
-        label = decode_label(raw[cls_ext]) if cls_ext else None
-        seqs = self._tokens(raw[txt_ext]) if txt_ext else None
-        x = self._image(raw[img_ext], seed)
         if self.spec.kind == "pair":
-            return [(x, seqs[0])]
-        return [(x, label)]
+            captions = self._captions(raw[txt_ext], seed)
+            x = self._image(raw[img_ext], seed)
+            return [(x, ids) for ids in captions]
+        label = decode_label(raw[cls_ext]) if cls_ext else None
+        return [(self._image(raw[img_ext], seed), label)]
 
 
 def collate_stream(spec: StreamSpec, items: list, pad_id: int, seed: int):
