@@ -68,3 +68,31 @@ def test_captions_that_tokenise_to_nothing_are_dropped(tok):
     with pytest.raises(SampleError) as e:
         proc(raw("\u200b\n\u200b"), 0)
     assert e.value.reason == SkipStats.EMPTY_TEXT
+
+
+class BatchDependentModel:
+    """Image features that change with the batch size, as real kernels may in their last bits."""
+
+    def image_features(self, images):
+        return images.float().mean(dim=(1, 2, 3))[:, None].repeat(1, 4) + 1e-3 * images.shape[0]
+
+    def text_features(self, ids, mask):
+        return (ids * mask).float().sum(dim=1, keepdim=True).repeat(1, 4)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 8])
+def test_retrieval_counts_an_image_once_when_its_captions_span_batches(tok, tmp_path, batch_size):
+    """3 images x 3 captions: whatever the batch boundaries, retrieval sees 3 images and 9 texts."""
+    from momo_ds.eval.retrieval import pair_features, retrieval_metrics
+
+    samples = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        sample = raw("\n".join(f"{c} {i}" for c in CAPTIONS), f"s{i}")
+        sample["jpg"] = encode_image(Image.new("RGB", (20, 18), colour))
+        samples.append(sample)
+    shards = write_samples(tmp_path, samples, 8)
+    loader = build_eval_loader(shards, "pair", tokenizer=tok, image_size=16, patch_size=8, batch_size=batch_size)
+    img, txt = pair_features(BatchDependentModel(), loader, torch.device("cpu"))
+    assert img.shape[0] == txt.shape[0] == 9
+    assert torch.unique(img, dim=0).shape[0] == 3
+    assert retrieval_metrics(img, txt)["images"] == 3.0

@@ -53,8 +53,8 @@ def test_default_main_job_runs_all_stages(default_run):
     assert "momo-ds pretraining results" in proc.stdout and (out / "eval.json").is_file()
 
 
-# Thresholds set from the default run (see README "Learning check"): stage 3 reached R@1 4.2/3.6 %, R@10
-# 35.2/35.8 % (TR/IR) on 500 held-out pairs, linear probe 42-44 % on 16 classes; chance is stated beside each.
+# Thresholds set from the default run (see README "Learning check"): stage 3 reached R@1 4.0/4.0 %, R@10
+# 35.6/36.2 % (TR/IR) on 500 held-out pairs, linear probe 42-45 % on 16 classes; chance is stated beside each.
 def test_learning_check_far_above_chance(default_run):
     out, proc = default_run
     report = json.loads((out / "eval.json").read_text())
@@ -114,9 +114,12 @@ def test_stage2_starts_from_stage1_weights(tmp_path):
     (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
     (["--config", "nope"], "--config 'nope'"),
     (["--ds_config", "tests/data/ds_contradiction.json"], "train_batch_size=7 contradicts the recipe"),
-    (["--set", "data.synthetic=false"], "no shards given"),
-    (["--set", "data.synthetic=false", "data.streams.0.shards=['/nonexistent/shard-{000..001}.tar']"],
+    (["--set", "data.synthetic=false"], "data.tokenizer=synthetic is the vocabulary of the built-in synthetic"),
+    (["--set", "data.synthetic=false", "data.tokenizer=/nonexistent/vocab.txt"], "no shards given"),
+    (["--set", "data.tokenizer=/nonexistent/vocab.txt", "data.streams.0.shards=['/nonexistent/shard-{000..001}.tar']"],
      "/nonexistent/shard-000.tar"),
+    (["--set", "data.streams.image.shards=[/nonexistent/a-{0..1}.tar]", "data.streams.image.shards=[/x.tar]"],
+     "data.streams.image.shards is given 2 times"),
 ])
 def test_bad_start_up_input_is_one_line_error(tmp_path, args, needle):
     proc = pretrain(["--out", str(tmp_path / "o"), "--stage", "1", "--max_steps", "1", *args], timeout=300)
