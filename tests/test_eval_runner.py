@@ -34,6 +34,27 @@ def test_random_encoder_retrieval_near_chance(random_encoder, synthetic):
     assert (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2 < 35.0, ret
     lp = r["linear_probe"]
     assert lp["classes"] == 16 and 0.0 <= lp["top1"] <= 100.0 and lp["val_n"] == 64
+    itm = r["itm"]  # on the retrieval split; an untrained head tells no pair from another
+    assert itm["pairs"] == 64 and 35.0 < itm["itm_random_bacc_pct"] < 65.0, itm
+
+
+def test_eval_json_has_itm_per_stage_and_none_for_an_export_without_the_head(tmp_path, random_encoder, synthetic):
+    from safetensors.torch import load_file, save_file
+
+    from momo_ds.engine.run import evaluate_run
+    for n in (1, 2):
+        (tmp_path / f"stage{n}").mkdir()
+        (tmp_path / f"stage{n}" / "encoder.json").write_text(random_encoder.with_suffix(".json").read_text())
+    (tmp_path / "stage1" / "encoder.safetensors").write_bytes(random_encoder.read_bytes())
+    old = {k: v for k, v in load_file(str(random_encoder)).items() if not k.startswith("itm_head.")}
+    save_file(old, str(tmp_path / "stage2" / "encoder.safetensors"))  # written before exports had the ITM head
+    report = evaluate_run(tmp_path, [1, 2], synthetic)
+    assert json.loads((tmp_path / "eval.json").read_text()) == report
+    itm_keys = {"itm/itm_random_bacc_pct", "itm/itm_hard_bacc_pct", "itm/itm_pos_acc_pct",
+                "itm/itm_random_neg_acc_pct", "itm/itm_hard_neg_acc_pct", "itm/pairs"}
+    assert itm_keys <= set(report["stage1"]) and not itm_keys & set(report["stage2"])
+    same = {k: v for k, v in report["stage1"].items() if not k.startswith("itm/")}
+    assert report["stage2"] == same, "the same encoder: retrieval and linear probe do not depend on ITM"
 
 
 def _err(capsys, argv):

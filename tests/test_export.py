@@ -12,13 +12,30 @@ torch.set_num_threads(1)
 def test_export_is_encoder_only():
     model = build_model("tiny", depth=2, decoder_depth=1)
     exported = model.export_state_dict()
-    assert not any(k.startswith(("decoders.", "lm_head.", "itm_head.")) for k in exported)
+    assert not any(k.startswith(("decoders.", "lm_head.")) for k in exported)
     assert {"cls_token", "type_embed.weight", "text_embed.token_embed.weight", "text_embed.pos_embed.weight",
             "image_embed.patch_embed.proj.weight", "encoder.norm.weight", "encoder.blocks.1.mlp.fc2.bias",
-            "image_proj.proj.weight", "text_proj.proj.weight", "logit_scale"} <= set(exported)
+            "image_proj.proj.weight", "text_proj.proj.weight", "logit_scale", "itm_head.weight",
+            "itm_head.bias"} <= set(exported)
     bare = model.export_state_dict(heads=False)
-    assert not any(k.startswith(("image_proj.", "text_proj.", "logit_scale")) for k in bare)
+    assert not any(k.startswith(("image_proj.", "text_proj.", "logit_scale", "itm_head.")) for k in bare)
     assert all(k in model.state_dict() for k in exported)
+    assert set(to_timm_state_dict(exported, model.cfg)) == set(to_timm_state_dict(bare, model.cfg))
+
+
+def test_an_export_written_before_the_itm_head_still_loads():
+    src = build_model("tiny", depth=2, decoder_depth=1)
+    old = {k: v for k, v in src.export_state_dict().items() if not k.startswith("itm_head.")}
+    torch.manual_seed(123)
+    dst = build_model("tiny", depth=2, decoder_depth=1)
+    own_head = dst.itm_head.weight.clone()
+    dst.load_exported(old)
+    assert torch.equal(dst.itm_head.weight, own_head), "no head in the export: the model keeps its own"
+    torch.testing.assert_close(dst.image_proj.proj.weight, src.image_proj.proj.weight)
+    dst.load_exported(src.export_state_dict())
+    assert torch.equal(dst.itm_head.weight, src.itm_head.weight)
+    with pytest.raises(ValueError, match="missing .'itm_head.bias'"):
+        dst.load_exported({k: v for k, v in src.export_state_dict().items() if k != "itm_head.bias"})
 
 
 def test_export_roundtrip_through_safetensors(tmp_path):

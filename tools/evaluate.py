@@ -3,6 +3,7 @@
 
     python tools/evaluate.py --encoder runs/momo-tiny/stage3/encoder.safetensors --task retrieval \
         --pairs 'runs/momo-tiny/data/pair/val-{000000..000001}.tar' --json eval.json
+    python tools/evaluate.py --encoder ... --task itm --pairs 'runs/momo-tiny/data/pair/val-{000000..000001}.tar'
     python tools/evaluate.py --encoder ... --task linear_probe --train 'in1k/train-{...}.tar' --val 'in1k/val-{...}.tar'
     python tools/evaluate.py --encoder ... --task glue --glue_task mrpc --train MRPC/train.tsv --val MRPC/dev.tsv
 
@@ -25,15 +26,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--encoder", required=True, help="<out>/stageN/encoder.safetensors (its .json beside it)")
     p.add_argument("--task", required=True, nargs="+", help=f"one or more of: {', '.join(TASKS)}")
-    p.add_argument("--pairs", nargs="*", default=[], help="pair shards (retrieval)")
+    p.add_argument("--pairs", nargs="*", default=[], help="pair shards (retrieval, itm)")
     p.add_argument("--train", nargs="*", default=[], help="train shards (linear_probe) or file (glue)")
     p.add_argument("--val", nargs="*", default=[], help="validation shards (linear_probe) or file (glue)")
     p.add_argument("--glue_task", default="", help="cola sst2 mrpc qqp stsb mnli qnli rte wnli (or SST-2, STS-B, ...)")
     p.add_argument("--tokenizer", default=None, help="override the tokenizer recorded with the encoder")
     p.add_argument("--max_len", type=int, default=None,
-                   help=f"tokens per text (glue inputs, retrieval captions); default: min({DEFAULT_MAX_LEN}, the "
+                   help=f"tokens per text (glue inputs, retrieval / itm captions); default: min({DEFAULT_MAX_LEN}, the "
                         "encoder's max_text_len)")
-    p.add_argument("--batch_size", type=int, default=256, help="feature batch (retrieval, linear_probe)")
+    p.add_argument("--batch_size", type=int, default=256, help="feature batch (retrieval, itm, linear_probe)")
     p.add_argument("--epochs", type=int, default=3, help="glue fine-tuning epochs")
     p.add_argument("--lr", type=float, default=5e-5, help="glue fine-tuning learning rate")
     p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
@@ -104,7 +105,8 @@ def main(argv=None) -> int:
         enc = load_encoder(args.encoder, device)
         max_len = text_max_len(enc, args.max_len)
         for task in args.task:
-            check_task(task, pairs=args.pairs, train=args.train, val=args.val, glue_task=args.glue_task)
+            check_task(task, pairs=args.pairs, train=args.train, val=args.val, glue_task=args.glue_task,
+                       has_itm_head=enc.has_itm_head)
     except ValueError as e:  # bad input: one line, no traceback
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

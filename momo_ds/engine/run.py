@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> list:
 
 
 def evaluate_run(out: Path, stages: list[int], info) -> dict:
-    """Synthetic runs: retrieval and linear probe of each stage's encoder on the held-out split -> eval.json."""
+    """Synthetic runs: retrieval, linear probe and held-out ITM of each stage's encoder on the held-out split ->
+    eval.json (stages 1 and 2 never train the ITM head: their ITM numbers are an untrained baseline)."""
     from momo_ds.eval.runner import evaluate_synthetic, write_report
 
     report = {}
@@ -194,7 +195,8 @@ def evaluate_run(out: Path, stages: list[int], info) -> dict:
         if enc.is_file():
             r = evaluate_synthetic(enc, info)
             report[f"stage{n}"] = {**{f"retrieval/{k}": v for k, v in r["retrieval"].items()},
-                                   **{f"linear_probe/{k}": v for k, v in r["linear_probe"].items()}}
+                                   **{f"linear_probe/{k}": v for k, v in r["linear_probe"].items()},
+                                   **{f"itm/{k}": v for k, v in r.get("itm", {}).items()}}
     write_report(report, out / "eval.json", title="held-out synthetic evaluation")
     return report
 

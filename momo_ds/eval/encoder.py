@@ -19,11 +19,13 @@ class LoadedEncoder:
     config: ModelConfig
     meta: dict[str, Any]
     tokenizer: Optional[str]  # the bundled tokenizer file, else the path/name recorded at export
+    has_itm_head: bool  # False for exports written before the ITM head was exported (no ITM evaluation)
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
     """Build the model from the export's recorded config and load its weights; one-line errors on mismatch."""
     from momo_ds.model import build_model
+    from momo_ds.model.export import has_itm_head
 
     path = Path(path)
     if not path.is_file():
@@ -49,12 +51,14 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Loaded
         k = wrong[0]
         raise ValueError(f"encoder/config mismatch: {k} has shape {tuple(state[k].shape)} in {path.name} but "
                          f"{shapes[k]} in the recorded config")
+    heads = any(k.startswith("image_proj.") for k in state)
     try:
-        model.load_exported(state, heads=any(k.startswith("image_proj.") for k in state))
+        model.load_exported(state, heads=heads)
     except ValueError as e:
         raise ValueError(f"encoder/config mismatch in {path.name}: {e}") from None
     model.to(device).eval()
-    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=_tokenizer_path(path, meta.get("tokenizer")))
+    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=_tokenizer_path(path, meta.get("tokenizer")),
+                         has_itm_head=heads and has_itm_head(state))
 
 
 def _tokenizer_path(encoder: Path, recorded: Optional[str]) -> Optional[str]:

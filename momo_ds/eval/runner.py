@@ -1,4 +1,5 @@
-"""Evaluation tasks on an exported encoder: retrieval, linear probe, text classification; table + JSON report."""
+"""Evaluation tasks on an exported encoder: retrieval, image-text matching, linear probe, text classification;
+table + JSON report."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import torch
 from momo_ds import distributed as mdist
 from momo_ds.eval.encoder import LoadedEncoder, load_encoder
 
-TASKS = ("retrieval", "linear_probe", "glue")
+TASKS = ("retrieval", "itm", "linear_probe", "glue")
 DEFAULT_MAX_LEN = 128  # GLUE's usual fine-tuning length
 
 
@@ -36,24 +37,30 @@ def text_max_len(enc: LoadedEncoder, requested: Optional[int] = None) -> int:
     return requested
 
 
-def _loader(enc: LoadedEncoder, urls: Sequence[str], kind: str, tokenizer, batch_size: int, max_len: int):
+def _loader(enc: LoadedEncoder, urls: Sequence[str], kind: str, tokenizer, batch_size: int, max_len: int,
+            split: bool = True):
+    """split: this rank's share of ``urls`` (tasks that gather over ranks), else all of them (single-process tasks:
+    every rank computes the same result, with no collective to wait on)."""
     from momo_ds.data import build_eval_loader
 
+    rank, world = (mdist.get_rank(), mdist.get_world_size()) if split else (0, 1)
     return build_eval_loader(list(urls), kind, tokenizer=tokenizer, image_size=enc.config.img_size,
                              patch_size=enc.config.patch_size, batch_size=batch_size, max_text_len=max_len,
-                             rank=mdist.get_rank(), world_size=mdist.get_world_size())
+                             rank=rank, world_size=world)
 
 
 def check_task(task: str, *, pairs: Sequence[str] = (), train: Sequence[str] = (), val: Sequence[str] = (),
-               glue_task: str = "") -> None:
+               glue_task: str = "", has_itm_head: bool = True) -> None:
     """The inputs a task needs, checked before any task runs: a typo in the last task of a command should not
-    surface only after the first ones have spent their hours."""
+    surface only after the first ones have spent their hours. has_itm_head: the encoder's (LoadedEncoder)."""
     from momo_ds.eval.text_cls import GLUE_TASKS, glue_task_name
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if task == "retrieval" and not pairs:
-        raise ValueError("retrieval needs --pairs (image-text pair shards)")
+    if task in ("retrieval", "itm") and not pairs:
+        raise ValueError(f"{task} needs --pairs (image-text pair shards)")
+    if task == "itm" and not has_itm_head:
+        raise ValueError("itm: this export has no ITM head (written before encoder exports included it)")
     if task == "linear_probe" and (not train or not val):
         raise ValueError("linear_probe needs --train and --val (labelled image shards)")
     if task != "glue":
@@ -72,15 +79,19 @@ def run_task(enc: LoadedEncoder, task: str, *, pairs: Sequence[str] = (), train:
              **glue_kwargs) -> dict[str, float]:
     """One evaluation task; raises ValueError (one line) on an unknown task or missing inputs.
 
-    max_len: tokens per text (retrieval captions, GLUE inputs); None = :func:`text_max_len`'s default."""
+    max_len: tokens per text (retrieval / ITM captions, GLUE inputs); None = :func:`text_max_len`'s default.
+    ITM runs as one process on the whole split (see :func:`momo_ds.eval.itm.evaluate_itm`)."""
+    from momo_ds.eval.itm import evaluate_itm
     from momo_ds.eval.linear_probe import image_features, linear_probe
     from momo_ds.eval.retrieval import evaluate_retrieval
 
-    check_task(task, pairs=pairs, train=train, val=val, glue_task=glue_task)
+    check_task(task, pairs=pairs, train=train, val=val, glue_task=glue_task, has_itm_head=enc.has_itm_head)
     max_len = text_max_len(enc, max_len)
     tok = _tokenizer(enc, tokenizer)
     if task == "retrieval":
         return evaluate_retrieval(enc.model, _loader(enc, pairs, "pair", tok, batch_size, max_len), device)
+    if task == "itm":
+        return evaluate_itm(enc.model, _loader(enc, pairs, "pair", tok, batch_size, max_len, split=False), device)
     if task == "linear_probe":
         tr = image_features(enc.model, _loader(enc, train, "image", tok, batch_size, max_len), device)
         va = image_features(enc.model, _loader(enc, val, "image", tok, batch_size, max_len), device)
@@ -93,12 +104,18 @@ def run_task(enc: LoadedEncoder, task: str, *, pairs: Sequence[str] = (), train:
 
 def evaluate_synthetic(encoder_path: str | Path, info, device: torch.device = torch.device("cpu"),
                        probe_train: int = 2) -> dict[str, Any]:
-    """Retrieval on the synthetic pair validation split and a linear probe (image train -> image val)."""
+    """Retrieval on the synthetic pair validation split, a linear probe (image train -> image val) and ITM on the
+    retrieval split. ITM runs last, with a generator of its own, so the other numbers do not depend on it; an
+    export written before the ITM head was exported has no "itm" entry."""
     enc = load_encoder(encoder_path, device)
-    return {"encoder": str(encoder_path),
-            "retrieval": run_task(enc, "retrieval", pairs=[info.shards["pair"]["val"]], device=device),
-            "linear_probe": run_task(enc, "linear_probe", train=[info.shards["image"]["train"]],
-                                     val=[info.shards["image"]["val"]], device=device)}
+    pairs = [info.shards["pair"]["val"]]
+    report = {"encoder": str(encoder_path),
+              "retrieval": run_task(enc, "retrieval", pairs=pairs, device=device),
+              "linear_probe": run_task(enc, "linear_probe", train=[info.shards["image"]["train"]],
+                                       val=[info.shards["image"]["val"]], device=device)}
+    if enc.has_itm_head:
+        report["itm"] = run_task(enc, "itm", pairs=pairs, device=device)
+    return report
 
 
 def write_report(results: dict[str, Any], path: Optional[str | Path], title: str = "momo-ds evaluation") -> None:

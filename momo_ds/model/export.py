@@ -3,7 +3,9 @@
 What ``export_state_dict`` keeps (the paper discards the decoders after pretraining):
   cls_token, image_embed.* (patch projection), text_embed.* (token + position embeddings), type_embed.*,
   encoder.* (blocks + final norm) and, with ``heads=True``, the contrastive projections and logit_scale
-  (needed for zero-shot retrieval). Never: decoders, the MLM output bias, the ITM head.
+  (zero-shot retrieval) and the ITM head (held-out image-text matching; untrained in stage 1/2 exports, which
+  never see an ITM objective). Never: decoders, the MLM output bias.
+Exports written before the ITM head was exported lack it; they still load (see :func:`has_itm_head`).
 The fixed sin-cos image positions are not weights (a non-persistent buffer recomputed from the config).
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
     from momo_ds.model.momo import MoMo
 
 ENCODER_PREFIXES = ("cls_token", "image_embed.", "text_embed.", "type_embed.", "encoder.")
-HEAD_PREFIXES = ("image_proj.", "text_proj.", "logit_scale")
+ITM_HEAD_PREFIX = "itm_head."
+HEAD_PREFIXES = ("image_proj.", "text_proj.", "logit_scale", ITM_HEAD_PREFIX)
 
 
 def resolve_config(preset_or_config: Union[str, ModelConfig], **overrides) -> ModelConfig:
@@ -41,9 +44,20 @@ def export_state_dict(model: "MoMo", heads: bool = True) -> dict[str, Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
 
 
+def has_itm_head(state: dict[str, Tensor]) -> bool:
+    """Whether an export carries the ITM head (exports written before it was exported do not)."""
+    return any(k.startswith(ITM_HEAD_PREFIX) for k in state)
+
+
 def load_exported(model: "MoMo", state: dict[str, Tensor], heads: bool = True) -> None:
-    """Load an export into ``model``; every exported key must be present and match (the rest stays as is)."""
+    """Load an export into ``model``; every exported key must be present and match (the rest stays as is).
+
+    The one exception: an export with no ITM head at all (written before it was exported) loads, and the model
+    keeps its own head; callers that need a trained one check :func:`has_itm_head`. A partial head is an error.
+    """
     want = export_state_dict(model, heads)
+    if not has_itm_head(state):
+        want = {k: v for k, v in want.items() if not k.startswith(ITM_HEAD_PREFIX)}
     missing = sorted(set(want) - set(state))
     unexpected = sorted(k for k in state if k not in want and not (not heads and k.startswith(HEAD_PREFIXES)))
     if missing or unexpected:

@@ -190,6 +190,15 @@ class MoMo(nn.Module):
         """ids: [B, L] right-padded full text, attention_mask: [B, L] bool -> [B, proj_dim] (float32)."""
         return self.text_proj(self.encode_text(ids, None, attention_mask)[0][:, 0])
 
+    def match_logits(self, images: Tensor, ids: Tensor, attention_mask: Optional[Tensor] = None,
+                     patch_keep: Optional[Tensor] = None) -> Tensor:
+        """ITM logits of each (image, text) pair, through the joint [CLS] and head training uses (held-out ITM).
+
+        images: [B, C, H, W]; ids: [B, L] right-padded text, attention_mask: [B, L] bool (default all real);
+        patch_keep: [B, Nk] visible patches or None (all) -> [B, 2] float32 (class 1 = match, as trained)
+        """
+        return self.itm_head(self.encode_pair(images, ids, None, attention_mask, patch_keep)[0][:, 0]).float()
+
     # -------------------------------------------------------------------------------------------- training
     def forward(self, batch, objectives: dict[str, float], dist: Optional[DistContext] = None,
                 touch_unused: bool = False, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
