@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 
 # ----------------------------------------------------------------------------------------------------------- model
 ALIGN_INPUTS = ("full", "masked_image", "masked")
+ITM_READOUTS = ("cls", "mean")
 
 
 @dataclass
@@ -52,6 +53,11 @@ class ModelConfig:
     # what contrastive/ITM see: "full" (unmasked pair), "masked_image" (CMM-visible patches, whole caption) or
     # "masked" (the CMM inputs themselves: visible patches and visible words)
     align_inputs: str = "full"
+    # ITM negatives: the similarities are scaled by itm_hardness before the sampling softmax (1: as contrastive
+    # sees them, 0: uniform, easy negatives); itm_readout: the joint state the ITM head reads ("cls" | "mean" of
+    # every real token)
+    itm_hardness: float = 1.0
+    itm_readout: str = "cls"
     attn_backend: str = "sdpa"  # sdpa | math | flash_varlen
     grad_checkpointing: bool = False
 
@@ -68,6 +74,10 @@ class ModelConfig:
             raise ConfigError(f"model.decoders: unknown decoder(s) {bad}; valid: mim, mlm, cmm")
         if self.align_inputs not in ALIGN_INPUTS:
             raise ConfigError(f"model.align_inputs={self.align_inputs!r}; valid: {', '.join(ALIGN_INPUTS)}")
+        if not 0.0 <= self.itm_hardness <= 1.0:
+            raise ConfigError(f"model.itm_hardness={self.itm_hardness} is outside [0, 1]")
+        if self.itm_readout not in ITM_READOUTS:
+            raise ConfigError(f"model.itm_readout={self.itm_readout!r}; valid: {', '.join(ITM_READOUTS)}")
         if self.attn_backend not in ("sdpa", "math", "flash_varlen"):
             raise ConfigError(f"model.attn_backend={self.attn_backend!r}; valid: 'sdpa', 'math', 'flash_varlen'")
         return self

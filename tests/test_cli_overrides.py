@@ -101,7 +101,8 @@ def test_streams_by_name_across_three_stages():
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    (["data.streams.images.shards=[/x.tar]"], "no stage of this run has a stream named 'images' (streams: image, text, pair)"),
+    (["data.streams.images.shards=[/x.tar]"],
+     "no stage of this run has a stream named 'images' (streams: image, text, pair)"),
     (["data.streams.0.shards=[/x.tar]"], "stream 0 is not the same stream in every stage (image in stage 1, image in "
                                          "stage 2, text in stage 3); address it by name: data.streams.<name>.shards"),
     (["data.streams.pair.shards=[/p.tar]"], "data.tokenizer=synthetic is the vocabulary of the built-in"),

@@ -372,6 +372,34 @@ def test_features():
     torch.testing.assert_close(txt.norm(dim=-1), torch.ones(3))
 
 
+@pytest.mark.parametrize("readout", ["cls", "mean"])
+def test_joint_state_reads_the_text(readout):
+    """The ITM head's input depends on every real text token and on its position, never on padding: a joint
+    encoding that ignored the text (a wrong key mask, text dropped from the sequence) would fail this."""
+    model = build_model("tiny", **TINY, itm_readout=readout).eval()
+    _, _, pb = _batches(3)
+    images, ids, mask = pb.image.images, pb.text.full_ids, pb.text.full_mask
+    with torch.no_grad():
+        base = model._match_state(*model.encode_pair(images, ids, None, mask))
+        for row in range(3):
+            last = int(mask[row].sum()) - 1
+            changed = ids.clone()
+            changed[row, last] = changed[row, last] % (model.cfg.vocab_size - 1) + 1  # another real token
+            out = model._match_state(*model.encode_pair(images, changed, None, mask))
+            assert not torch.allclose(out[row], base[row]), f"row {row}: the text token was ignored"
+            torch.testing.assert_close(out[[r for r in range(3) if r != row]], base[[r for r in range(3) if r != row]])
+        swapped = ids.clone()
+        swapped[:, [0, 1]] = swapped[:, [1, 0]]  # same tokens, other positions
+        assert not torch.allclose(model._match_state(*model.encode_pair(images, swapped, None, mask)), base)
+        padded = ids.masked_fill(~mask, 7)  # other values under padding
+        torch.testing.assert_close(model._match_state(*model.encode_pair(images, padded, None, mask)), base)
+        if readout == "mean":
+            h, key_mask = model.encode_pair(images, ids, None, mask)
+            naive = torch.stack([h[r][key_mask[r]].mean(dim=0) for r in range(3)])
+            torch.testing.assert_close(base, naive)
+        torch.testing.assert_close(model.match_logits(images, ids, mask), model.itm_head(base))
+
+
 # ----------------------------------------------------------------------------------------------- input errors
 def _one_line_error(fn, *match: str) -> None:
     with pytest.raises(ValueError) as info:

@@ -202,6 +202,44 @@ def test_hard_negatives_never_the_positive_and_follow_softmax():
     assert t.tolist() == [1, 0] and i.tolist() == [1, 0]
 
 
+def test_negative_hardness_scales_the_sampling_softmax():
+    """hardness h draws from softmax(h * sim) without the positive: 0 is uniform over the other pairs."""
+    gen = torch.Generator().manual_seed(1)
+    sim = torch.tensor([[9.0, 0.0, 3.0, -2.0]])
+    for hardness in (0.0, 0.5):
+        counts = torch.zeros(4)
+        for _ in range(4000):
+            t, _ = sample_hard_negatives(sim, sim, rank=0, generator=gen, hardness=hardness)
+            counts[t] += 1
+        logits = hardness * sim[0]
+        logits[0] = float("-inf")
+        torch.testing.assert_close(counts / 4000, logits.softmax(0), atol=0.03, rtol=0)
+
+
+def test_excluded_negatives_are_never_drawn_unless_nothing_else_is_left():
+    gen = torch.Generator().manual_seed(2)
+    sim = torch.zeros(3, 3)
+    excluded = torch.tensor([[False, True, False], [True, False, True], [False, False, False]])
+    for _ in range(300):
+        t, i = sample_hard_negatives(sim, sim, rank=0, generator=gen, excluded=excluded)
+        assert t[0] == 2 and i[0] == 2  # row 0: column 1 excluded, 0 is the positive
+        assert t[1] in (0, 2) and i[1] in (0, 2)  # row 1: everything excluded -> only the positive stays out
+        assert t[2] != 2
+
+
+def test_same_caption_compares_real_tokens_only():
+    from momo_ds.objectives.itm import same_caption
+
+    def joint(ids, lengths):
+        ids = torch.tensor(ids)
+        mask = torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]
+        return JointInputs(torch.zeros(len(lengths), 3, 4, 4), None, ids.masked_fill(~mask, 0), ids, mask)
+
+    local = joint([[5, 6, 0], [5, 6, 7]], [2, 3])
+    pool = joint([[5, 6, 0, 0], [5, 6, 7, 0], [5, 6, 7, 8], [6, 5, 0, 0]], [2, 3, 4, 2])
+    assert same_caption(local, pool).tolist() == [[True, False, False, False], [False, True, False, False]]
+
+
 def test_hard_negatives_need_two_pairs():
     with pytest.raises(ValueError, match="at least 2 pairs"):
         sample_hard_negatives(torch.zeros(1, 1), torch.zeros(1, 1), rank=0)

@@ -145,3 +145,22 @@ def test_learning_check_reconstruction_losses_fall(default_run):
     assert mlm[-1] <= 0.75 * mlm[0], f"stage-2 MLM loss {mlm[0]:.3f} -> {mlm[-1]:.3f}"
     cmm_text = _logged(out, 3, "pair/cmm_text_loss")
     assert cmm_text[-1] <= 0.6 * cmm_text[0], f"stage-3 CMM text loss {cmm_text[0]:.3f} -> {cmm_text[-1]:.3f}"
+
+
+def test_two_rank_synthetic_run_evaluates_on_every_rank(tmp_path):
+    """The final evaluation reads the held-out split in per-rank shares and gathers features, so every rank must
+    take part (rank 0 alone would wait in the gather forever); its numbers equal a one-process evaluation."""
+    from momo_ds.data import make_synthetic
+    from momo_ds.eval.runner import evaluate_synthetic
+
+    out = tmp_path / "run"
+    proc = launch("tools/pretrain.py", ["--ds_config", "ds_configs/zero2.json", "--stage", "1", "--out", str(out),
+                                        "--max_steps", "1", "--set", *SMALL, "data.num_workers=0"], timeout=900)
+    assert (out / "eval.json").is_file(), tail(proc)
+    report = json.loads((out / "eval.json").read_text())["stage1"]
+    single = evaluate_synthetic(out / "stage1" / "encoder.safetensors",
+                                make_synthetic(out / "data", num=256, image_size=32, seed=0))
+    for k, v in single["retrieval"].items():
+        assert report[f"retrieval/{k}"] == pytest.approx(v, abs=1e-4), k
+    for k, v in single["itm"].items():
+        assert report[f"itm/{k}"] == pytest.approx(v, abs=1e-4), k

@@ -63,7 +63,8 @@ def _has_shards(tree: dict) -> bool:
     return any(s.get("shards") for s in _streams(tree))
 
 
-def load_run_recipes(paths: Sequence[Union[str, Path]], overrides: Sequence[str]) -> tuple[list[RecipeConfig], list[str]]:
+def load_run_recipes(paths: Sequence[Union[str, Path]],
+                     overrides: Sequence[str]) -> tuple[list[RecipeConfig], list[str]]:
     """Validated recipes of the run's stages, in order, and the notes to print once (rank 0)."""
     trees = [load_yaml(p) for p in paths]
     stages = [int(t.get("stage", i + 1)) if str(t.get("stage", "")).isdigit() else i + 1 for i, t in enumerate(trees)]

@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> list:
         check_shards(recipe)
         check_streams(recipe.data)  # every local shard exists: fail before loading anything
         tokenizer = load_tokenizer(recipe.data.tokenizer)
-        warning = vocab_fill_warning(tokenizer, recipe.model_config().vocab_size)
+        # the tiny preset's table is sized for the synthetic vocabulary's cap (512), not for what it fills
+        warning = None if recipe.data.synthetic else vocab_fill_warning(tokenizer, recipe.model_config().vocab_size)
         if warning:
             say(warning)
         init_state, source = None, ""
@@ -175,29 +176,35 @@ def run(args: argparse.Namespace) -> list:
         results.append(result.__dict__)
     if mdist.is_main_process():
         print_results(results)
-        if info is not None and not args.no_eval:
-            evaluate_run(out, [r["stage"] for r in results], info)
-        elif info is None and not args.no_eval:
-            say("the built-in held-out evaluation runs on the synthetic data only: evaluate these encoders on "
-                "your held-out data with tools/evaluate.py")
+    if info is not None and not args.no_eval:
+        evaluate_run(out, [r["stage"] for r in results], info)
+    elif not args.no_eval:
+        say("the built-in held-out evaluation runs on the synthetic data only: evaluate these encoders on your "
+            "held-out data with tools/evaluate.py")
     mdist.barrier()
     return results
 
 
 def evaluate_run(out: Path, stages: list[int], info) -> dict:
     """Synthetic runs: retrieval, linear probe and held-out ITM of each stage's encoder on the held-out split ->
-    eval.json (stages 1 and 2 never train the ITM head: their ITM numbers are an untrained baseline)."""
+    eval.json (stages 1 and 2 never train the ITM head: their ITM numbers are an untrained baseline).
+
+    Every rank takes part: the held-out split is read in per-rank shares and its features gathered; rank 0 writes.
+    """
+    from momo_ds.engine.stage import device_for_rank
     from momo_ds.eval.runner import evaluate_synthetic, write_report
 
     report = {}
+    device = device_for_rank()
     for n in stages:
         enc = out / f"stage{n}" / "encoder.safetensors"
         if enc.is_file():
-            r = evaluate_synthetic(enc, info)
+            r = evaluate_synthetic(enc, info, device)
             report[f"stage{n}"] = {**{f"retrieval/{k}": v for k, v in r["retrieval"].items()},
                                    **{f"linear_probe/{k}": v for k, v in r["linear_probe"].items()},
                                    **{f"itm/{k}": v for k, v in r.get("itm", {}).items()}}
-    write_report(report, out / "eval.json", title="held-out synthetic evaluation")
+    if mdist.is_main_process():
+        write_report(report, out / "eval.json", title="held-out synthetic evaluation")
     return report
 
 

@@ -115,7 +115,8 @@ class MoMo(nn.Module):
         return _export.export_state_dict(self, heads)
 
     def load_exported(self, state: dict[str, Tensor], heads: bool = True) -> None:
-        """Load :meth:`export_state_dict` output; decoders/ITM head keep their values (fresh for a new stage)."""
+        """Load :meth:`export_state_dict` output; decoders keep their values, and so does the ITM head when the
+        export has none (exports written before the head was exported)."""
         _export.load_exported(self, state, heads)
 
     # -------------------------------------------------------------------------------------------- encoding
@@ -192,12 +193,13 @@ class MoMo(nn.Module):
 
     def match_logits(self, images: Tensor, ids: Tensor, attention_mask: Optional[Tensor] = None,
                      patch_keep: Optional[Tensor] = None) -> Tensor:
-        """ITM logits of each (image, text) pair, through the joint [CLS] and head training uses (held-out ITM).
+        """ITM logits of each (image, text) pair, through the joint state and head training uses (held-out ITM).
 
         images: [B, C, H, W]; ids: [B, L] right-padded text, attention_mask: [B, L] bool (default all real);
         patch_keep: [B, Nk] visible patches or None (all) -> [B, 2] float32 (class 1 = match, as trained)
         """
-        return self.itm_head(self.encode_pair(images, ids, None, attention_mask, patch_keep)[0][:, 0]).float()
+        h, key_mask = self.encode_pair(images, ids, None, attention_mask, patch_keep)
+        return self.itm_head(self._match_state(h, key_mask)).float()
 
     # -------------------------------------------------------------------------------------------- training
     def forward(self, batch, objectives: dict[str, float], dist: Optional[DistContext] = None,
@@ -277,7 +279,7 @@ class MoMo(nn.Module):
                                   self.lm_head(states), tx.masked_ids, tx.masked_valid))
             used += [self.lm_head, *dec.part_modules(image=True, text=True)]
             if self.cfg.align_inputs == "masked":
-                positive_cls = h[:, 0]  # the ITM positives are exactly the CMM inputs: reuse their encoding
+                positive_cls = self._match_state(h, key_mask)  # ITM positives = the CMM inputs: reuse them
         if "itc" in objectives or "itm" in objectives:
             inputs = self._align_inputs(p)
             with nullcontext() if "itc" in objectives else torch.no_grad():
@@ -289,7 +291,8 @@ class MoMo(nn.Module):
                 used += [self.image_proj, self.text_proj]
             if "itm" in objectives:
                 terms.update(itm_loss(image_emb, text_emb, self.logit_scale, inputs, self._joint_cls, self.itm_head,
-                                      dist, self.cfg.pad_token_id, generator, positive_cls))
+                                      dist, self.cfg.pad_token_id, generator, positive_cls,
+                                      hardness=self.cfg.itm_hardness))
                 used.append(self.itm_head)
         return terms
 
@@ -311,8 +314,16 @@ class MoMo(nn.Module):
         return JointInputs(p.image.images, patch_keep, tx.full_ids, positions, tx.full_mask)
 
     def _joint_cls(self, j: JointInputs) -> Tensor:
-        """JointInputs of n pairs -> joint [CLS] [n, D]."""
-        return self._encode(j.images, j.patch_keep, j.ids, j.positions, j.mask)[0][:, 0]
+        """JointInputs of n pairs -> the joint state the ITM head reads [n, D]: [CLS], or with
+        ``itm_readout="mean"`` the mean over [CLS], patches and real text tokens."""
+        return self._match_state(*self._encode(j.images, j.patch_keep, j.ids, j.positions, j.mask))
+
+    def _match_state(self, h: Tensor, key_mask: Tensor) -> Tensor:
+        """Joint encoding h [n, L, D] with key_mask [n, L] -> the state the ITM head reads [n, D]."""
+        if self.cfg.itm_readout == "cls":
+            return h[:, 0]
+        weights = key_mask.to(h.dtype)[..., None]
+        return (h * weights).sum(dim=1) / weights.sum(dim=1)
 
     def _zero_unused(self, used: list[nn.Module], logit_scale_used: bool) -> Tensor:
         """0 * (outputs of every parameter-owning module not in ``used``) and of unused root parameters."""

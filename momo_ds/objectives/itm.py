@@ -63,31 +63,51 @@ class JointInputs:
 
 
 def sample_hard_negatives(sim_i2t: Tensor, sim_t2i: Tensor, rank: int,
-                          generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+                          generator: Optional[torch.Generator] = None, hardness: float = 1.0,
+                          excluded: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Draw one hard negative per local row, never the positive.
 
     sim_i2t: [B, B_global] local images vs all texts; sim_t2i: [B, B_global] local texts vs all images
     (scaled similarities; the positive of local row i is global column rank*B + i).
+    hardness: the similarities are multiplied by it before the softmax: 1 draws as the contrastive softmax does,
+    0 uniformly over the other pairs (easy negatives).
+    excluded: [B, B_global] bool, True where column j is no negative of row i although j is not i's pair (its
+    caption is token for token i's): never drawn, unless a row has nothing else.
     returns (neg_text_idx [B], neg_image_idx [B]) global indices.
     """
     b, b_global = sim_i2t.shape
     if b_global < 2:
         raise ValueError(f"ITM hard negatives need at least 2 pairs in the global batch, got {b_global}")
     positive = (rank * b + torch.arange(b, device=sim_i2t.device))[:, None]
+    never = torch.zeros(b, b_global, dtype=torch.bool, device=sim_i2t.device).scatter(1, positive, True)
+    if excluded is not None:
+        wider = never | excluded
+        never = torch.where((~wider).any(dim=1, keepdim=True), wider, never)
 
     def draw(sim: Tensor) -> Tensor:
-        # -inf on the positive: softmax gives it exactly 0 and renormalises over the others (no underflow to an
-        # all-zero row, unlike zeroing the positive after the softmax).
-        weights = sim.detach().float().scatter(1, positive, float("-inf")).softmax(dim=1)
+        # -inf where never drawn: softmax gives exactly 0 there and renormalises over the others (no underflow to
+        # an all-zero row, unlike zeroing the positive after the softmax).
+        weights = (hardness * sim.detach().float()).masked_fill(never, float("-inf")).softmax(dim=1)
         return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
     return draw(sim_i2t), draw(sim_t2i)
 
 
+def same_caption(local: JointInputs, pool: JointInputs) -> Tensor:
+    """[B, B_global] bool: local caption i equals pool caption j token for token (templated or repeated
+    captions): pairing image i with caption j is then no mismatch, so j must not be i's negative."""
+    ids = torch.where(local.mask, local.ids, torch.full_like(local.ids, -1))
+    pool_ids = torch.where(pool.mask, pool.ids, torch.full_like(pool.ids, -1))
+    width = max(ids.shape[1], pool_ids.shape[1])
+    ids = F.pad(ids, (0, width - ids.shape[1]), value=-1)
+    pool_ids = F.pad(pool_ids, (0, width - pool_ids.shape[1]), value=-1)
+    return (ids[:, None, :] == pool_ids[None, :, :]).all(dim=2)
+
+
 def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: JointInputs,
              encode_cls: Callable[[JointInputs], Tensor], head: Callable[[Tensor], Tensor],
              dist: Optional[DistContext] = None, pad_id: int = 0, generator: Optional[torch.Generator] = None,
-             positive_cls: Optional[Tensor] = None) -> dict[str, Tensor]:
+             positive_cls: Optional[Tensor] = None, hardness: float = 1.0) -> dict[str, Tensor]:
     """{"itm_loss", "itm_acc"}.
 
     image_emb, text_emb: [B, P] local contrastive embeddings (used detached, only to pick negatives)
@@ -96,6 +116,7 @@ def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: J
     encode_cls:         JointInputs of n pairs -> joint [CLS] states [n, D] (the model's joint encoder)
     head:               [n, D] -> [n, 2] ITM logits
     positive_cls:       [B, D] joint [CLS] of the positives when already computed (skips re-encoding them)
+    hardness:           how far negatives follow the contrastive similarity (see :func:`sample_hard_negatives`)
     """
     dist = dist or LOCAL
     b = image_emb.shape[0]
@@ -105,9 +126,10 @@ def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: J
         text_all = dist.gather(text_emb.detach())
         sim_i2t = scale * image_emb.detach().float() @ text_all.float().t()
         sim_t2i = scale * text_emb.detach().float() @ image_all.float().t()
-        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, dist.rank, generator)
-        own = dist.rank * b + torch.arange(b, device=image_emb.device)
         pool = inputs.gather(dist, pad_id)
+        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, dist.rank, generator, hardness,
+                                                    excluded=same_caption(inputs, pool))
+        own = dist.rank * b + torch.arange(b, device=image_emb.device)
         if positive_cls is None:
             image_idx, text_idx = torch.cat([own, own, neg_image]), torch.cat([own, neg_text, own])
         else:
