@@ -237,12 +237,17 @@ def report_error(out: Path, e: Exception) -> int:
 
     rank = mdist.get_rank()
     message = " ".join(str(e).split())  # one line, whatever the message held
-    if rank == 0 or getattr(e, "rank_local", False):
-        prefix = f"rank {rank}: " if rank else ""
-        print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
+    printed = rank == 0 or getattr(e, "rank_local", False)
+    if printed:
+        _print_error(rank, message)
     if mdist.get_world_size() > 1:
-        failure.record(out, rank, message)
+        failure.record(out, rank, message, printed)
     return 2
+
+
+def _print_error(rank: int, message: str) -> None:
+    prefix = f"rank {rank}: " if rank else ""
+    print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -262,7 +267,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception:
         # A peer that stopped on a reported error leaves this rank failing inside a collective: its line is the
         # message, this traceback would only bury it.
-        if mdist.get_world_size() > 1 and failure.peer_failure(Path(args.out), mdist.get_rank(), started):
-            return 2
-        raise
+        peer = failure.peer_failure(Path(args.out), mdist.get_rank(), started) if mdist.get_world_size() > 1 \
+            else None
+        if peer is None:
+            raise
+        if not peer.printed and mdist.is_main_process():
+            _print_error(peer.rank, peer.message)
+        return 2
     return 0
