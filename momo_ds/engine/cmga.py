@@ -4,7 +4,7 @@ For stream i of N (the same order on every rank):
     engine.set_gradient_accumulation_boundary(i == N - 1)   # sticky flag: set before every backward
     engine.backward(loss_i)                                  # loss_i = sum of the stream's weighted objectives
 then a single ``engine.step()``. With gradient_accumulation_steps = 1 this applies the gradient of the SUM of the
-streams' losses (the recipe measured in DEEPSPEED_NOTES.md; verified again in tests/test_cmga_multirank.py).
+streams' losses (the README's design note "CMGA on DeepSpeed"; checked in tests/test_cmga_multirank.py).
 """
 from __future__ import annotations
 
