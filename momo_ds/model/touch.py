@@ -1,8 +1,8 @@
 """Zero gradients for parameters a micro-batch does not use.
 
 ZeRO-3 and CPU-offloaded optimizers mis-handle a parameter whose gradient is missing in some micro-batches of a
-step (stale or dropped gradients, as measured in the README's design notes). The fix: run every unused leaf module on a tiny
-detached input and add ``0 * output.sum()`` to the loss. Calling the module (not reading its ``.weight``)
+step (stale or dropped gradients, as measured in the README's design notes). The fix: run every unused leaf
+module on a tiny detached input and add ``0 * output.sum()`` to the loss. Calling the module (not reading its ``.weight``)
 matters: ZeRO-3 gathers a module's partitioned parameters in its forward pre-hook.
 """
 from __future__ import annotations
