@@ -102,19 +102,17 @@ def _lowercase_vocab(vocab: dict[str, int], folder: Optional[Path]) -> bool:
 
 
 def load_vocab_txt(path: Union[str, Path]) -> Tokenizer:
-    """A BERT ``vocab.txt`` (one token per line, line number = id) as a WordPiece tokenizer."""
+    """A BERT ``vocab.txt`` (one token per line, line number = id, read by tokenizers' own WordPiece reader) as a
+    WordPiece tokenizer."""
+    from tokenizers import models
+
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        vocab = models.WordPiece.read_file(str(path))
+    except Exception as e:  # tokenizers raises its own exception types for unreadable or non-UTF-8 files
         raise DataError(f"tokenizer {path}: cannot read the vocabulary ({type(e).__name__}: {e})") from None
-    vocab: dict[str, int] = {}
-    for i, token in enumerate(lines):
-        token = token.rstrip("\r")
-        if token and token not in vocab:
-            vocab[token] = i
     if "[UNK]" not in vocab:
-        raise DataError(f"tokenizer {path}: not a BERT vocab.txt (no [UNK] token among its {len(lines)} lines)")
+        raise DataError(f"tokenizer {path}: not a BERT vocab.txt (no [UNK] token among its {len(vocab)} tokens)")
     return _from_tokenizers(_wordpiece(vocab, _lowercase_vocab(vocab, path.parent)), str(path))
 
 
