@@ -9,13 +9,15 @@
 Metrics: linear-probe top-1 on held-out images (16 classes; chance printed beside it), held-out retrieval R@1
 (chance 0.2 %: stage 2 has no alignment objective, so it stays near chance), and the final MIM / MLM losses.
 
---study align (what contrastive and ITM see, ``model.align_inputs``): from one shared stage-1 + stage-2 run,
-stage 3 is trained with ``full``, ``masked_image`` and ``masked`` at the same number of steps, and the two
-cheaper modes again at the same training FLOPs as ``full`` (steps scaled by the analytic FLOP ratio of a stage-3
-step, benchmarks/common.training_flops). Metrics: held-out retrieval R@1/R@10 (mean of TR and IR) and the probe.
+--study align (what contrastive and ITM see, and how many joint sequences ITM encodes): from one shared stage-2
+checkpoint, stage 3 is trained with each variant of ALIGN_VARIANTS at the same number of steps, and the cheaper
+ones again at the same training FLOPs as ``full`` (steps scaled by the analytic FLOP ratio of a whole stage-3
+step, benchmarks/common.training_flops; ``--flop-matched`` names which). Metrics: held-out retrieval R@1/R@10
+in both directions, held-out ITM balanced accuracy (positives vs random and vs hard negatives) and the probe.
 
     python benchmarks/ablations.py --study stage2 --json out/ablations.json [--seeds 0 1] [--quick]
-    python benchmarks/ablations.py --study align --steps 120 --json out/align.json
+    python benchmarks/ablations.py --study align --stage2 <run>/stage2/shared_fp32.safetensors --steps 160 \
+        --seeds 0 1 2 --json out/align.json
 """
 from __future__ import annotations
 
@@ -57,14 +59,53 @@ def evaluate(encoder: Path, data_dir: Path, num: int, seed: int) -> dict:
     from momo_ds.eval.runner import evaluate_synthetic
 
     r = evaluate_synthetic(encoder, make_synthetic(data_dir, num=num, image_size=32, seed=seed))
-    ret = r["retrieval"]
+    ret, itm = r["retrieval"], r.get("itm", {})
     return {"probe_top1": r["linear_probe"]["top1"], "probe_chance": r["linear_probe"]["chance_top1"],
+            "tr_r1": ret["tr@1_pct"], "ir_r1": ret["ir@1_pct"], "tr_r10": ret["tr@10_pct"], "ir_r10": ret["ir@10_pct"],
             "retrieval_r1": (ret["tr@1_pct"] + ret["ir@1_pct"]) / 2,
-            "retrieval_r10": (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2}
+            "retrieval_r10": (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2,
+            "itm_random_bacc": itm.get("itm_random_bacc_pct"), "itm_hard_bacc": itm.get("itm_hard_bacc_pct")}
 
 
-def stage3_flops(align: str) -> float:
-    """Analytic training FLOPs of one tiny stage-3 step (every stream of the packaged recipe) with ``align``."""
+# stage-3 variants of the align study: name -> overrides of the packaged tiny stage-3 recipe
+ALIGN_VARIANTS = {
+    "full": [],  # unmasked pairs for contrastive and ITM, two negatives per pair
+    "full_1neg": ["model.itm_negatives=1"],
+    "mask50_1neg": ["model.align_inputs=masked_image", "data.streams.pair.align_mask_ratio=0.5",
+                    "model.itm_negatives=1"],
+    "mask50_1neg_tail": ["model.align_inputs=masked_image", "data.streams.pair.align_mask_ratio=0.5",
+                         "model.itm_negatives=1", "train.align_full_tail=0.1"],
+    "mask75_1neg": ["model.align_inputs=masked_image", "model.itm_negatives=1"],  # the CMM-visible 25 %
+    "full_1neg_hard": ["model.itm_negatives=1", "model.itm_hardness=1.0"],  # softmax-drawn negatives, 1:1 classes
+    "masked_image": ["model.align_inputs=masked_image"],
+    "masked": ["model.align_inputs=masked"],
+}
+
+
+def _parse_sets(sets: list[str]) -> tuple[dict, dict, float]:
+    """ALIGN_VARIANTS overrides -> (model overrides, pair-stream overrides, unmasked tail share)."""
+    import yaml
+
+    model, stream, tail = {}, {}, 0.0
+    for item in sets:
+        key, value = item.split("=", 1)
+        value = yaml.safe_load(value)
+        if key.startswith("model."):
+            model[key[len("model."):]] = value
+        elif key.startswith("data.streams.pair."):
+            stream[key[len("data.streams.pair."):]] = value
+        elif key == "train.align_full_tail":
+            tail = float(value)
+        else:
+            raise ValueError(f"stage3_flops: unsupported override {item!r}")
+    return model, stream, tail
+
+
+def stage3_flops(sets: list[str] = ()) -> float:
+    """Analytic training FLOPs of one tiny stage-3 step (every stream of the packaged recipe) under the
+    ALIGN_VARIANTS-style overrides ``sets``, averaged over the stage when an unmasked tail is set."""
+    import dataclasses
+
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -73,10 +114,18 @@ def stage3_flops(align: str) -> float:
     from momo_ds.config import load_recipe, packaged_recipe
     from momo_ds.model import resolve_config
 
+    model, stream_sets, tail = _parse_sets(list(sets))
     recipe = load_recipe(packaged_recipe("tiny", 3))
-    cfg = resolve_config("tiny", align_inputs=align)
-    return sum(training_flops(cfg, synthetic_batch(cfg, s, torch.Generator().manual_seed(0)), s.objectives)["total"]
-               for s in recipe.data.streams)
+    cfg = resolve_config("tiny", **{**recipe.model, **model})
+    total = 0.0
+    for s in recipe.data.streams:
+        if s.kind == "pair":
+            s = dataclasses.replace(s, **stream_sets)
+        batch = synthetic_batch(cfg, s, torch.Generator().manual_seed(0))
+        masked = training_flops(cfg, batch, s.objectives)["total"]
+        full = training_flops(cfg, batch, s.objectives, align_inputs="full")["total"]
+        total += (1 - tail) * masked + tail * full
+    return total
 
 
 def stage2_study(seed: int, args, common: list[str]) -> list[dict]:
@@ -97,6 +146,14 @@ def stage2_study(seed: int, args, common: list[str]) -> list[dict]:
     return rows
 
 
+def _shared_data(vdir: Path, data: Path) -> None:
+    """Every run of a seed reads the seed's one synthetic dataset (generated once, by the first run)."""
+    vdir.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    if not (vdir / "data").exists():
+        (vdir / "data").symlink_to(data.resolve(), target_is_directory=True)
+
+
 def align_study(seed: int, args, common: list[str]) -> list[dict]:
     out = Path(args.out) / "align" / f"seed{seed}"
     base = out / "base"
@@ -104,20 +161,27 @@ def align_study(seed: int, args, common: list[str]) -> list[dict]:
     for stage in () if args.stage2 else (1, 2):
         print(f"[ablations] seed {seed}: stage {stage} ({args.steps} steps)", flush=True)
         pretrain(base, stage, args.steps, common, out / f"stage{stage}.log")
-    flops = {a: stage3_flops(a) for a in ("full", "masked_image", "masked")}
-    runs = [(a, args.steps) for a in flops]
-    runs += [(a, round(args.steps * flops["full"] / flops[a])) for a in ("masked_image", "masked")]
+    variants = args.variants or list(ALIGN_VARIANTS)
+    flops = {v: stage3_flops(ALIGN_VARIANTS[v]) for v in {*variants, *args.flop_matched, "full"}}
+    runs = [(v, args.steps) for v in variants]
+    runs += [(v, round(args.steps * flops["full"] / flops[v])) for v in args.flop_matched if v != "full"]
     rows = []
-    for align, steps in runs:
-        name = f"{align}@{steps}"
+    for variant, steps in runs:
+        name = f"{variant}@{steps}"
         vdir = out / name
-        print(f"[ablations] seed {seed}: stage 3 align_inputs={align} ({steps} steps)", flush=True)
-        done = pretrain(vdir, 3, steps, [*common, f"train.init_from={init}", f"model.align_inputs={align}"],
+        _shared_data(vdir, out / "data")
+        print(f"[ablations] seed {seed}: stage 3 {variant} ({steps} steps)", flush=True)
+        done = pretrain(vdir, 3, steps, [*common, f"train.init_from={init}", *ALIGN_VARIANTS[variant]],
                         out / f"{name}.log")
         final = done["final"]
-        rows.append({"seed": seed, "variant": align, "steps": steps, "wall_s": round(done["wall_s"], 1),
-                     "train_gflop": round(steps * flops[align] / 1e9, 1), "itc_acc": final.get("pair/itc_acc"),
+        rows.append({"seed": seed, "variant": variant, "steps": steps, "wall_s": round(done["wall_s"], 1),
+                     "step_gflop": round(flops[variant] / 1e9, 2), "train_tflop": round(steps * flops[variant] / 1e12, 2),
+                     "flop_matched": steps != args.steps, "itc_acc": final.get("pair/itc_acc"),
+                     "itm_loss": final.get("pair/itm_loss"),
                      **evaluate(vdir / "stage3" / "encoder.safetensors", vdir / "data", args.num, seed)})
+        print(f"[ablations]   R@10 TR/IR {rows[-1]['tr_r10']:.1f}/{rows[-1]['ir_r10']:.1f}, ITM random "
+              f"{rows[-1]['itm_random_bacc']}, {rows[-1]['wall_s']} s", flush=True)
+        write_partial(args, rows)
     return rows
 
 
@@ -135,6 +199,10 @@ def main() -> int:
     p.add_argument("--num", type=int, default=4000, help="synthetic samples per kind")
     p.add_argument("--stage2", default=None, help="align study: start stage 3 from this stage-2 "
                                                    "shared_fp32.safetensors instead of training stages 1-2")
+    p.add_argument("--variants", nargs="+", choices=sorted(ALIGN_VARIANTS), default=None,
+                   help="align study: the step-matched variants (default: all)")
+    p.add_argument("--flop-matched", nargs="*", choices=sorted(ALIGN_VARIANTS), default=["mask50_1neg", "mask75_1neg"],
+                   help="align study: variants run again at the training FLOPs of full's steps")
     p.add_argument("--quick", action="store_true", help="10 steps, 512 samples: a smoke run")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -145,15 +213,39 @@ def main() -> int:
         common = [f"data.seed={seed}", f"train.seed={seed}", f"data.synthetic_num={args.num}"]
         rows += STUDIES[args.study](seed, args, common)
     print_table(args.study, rows)
-    if args.json:
-        import torch
-
-        meta = {"machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
-                "versions": {"torch": torch.__version__}, "study": args.study, "steps": args.steps,
-                "num": args.num, "seeds": args.seeds, "preset": "tiny"}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_partial(args, rows)
     return 0
+
+
+def write_partial(args, rows: list[dict]) -> None:
+    """The JSON report so far (rewritten after every run: a long study leaves its finished runs behind)."""
+    if not args.json:
+        return
+    import torch
+
+    meta = {"machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+            "versions": {"torch": torch.__version__}, "study": args.study, "steps": args.steps,
+            "num": args.num, "seeds": args.seeds, "preset": "tiny", "stage2": args.stage2}
+    if args.study == "align":
+        meta["variants"] = {v: ALIGN_VARIANTS[v] for v in {r["variant"] for r in rows}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "summary": summarize(rows)}, indent=2))
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and spread (max - min) over seeds of every numeric metric, per (variant, steps)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["steps"]), []).append(r)
+    out = []
+    for (variant, steps), rs in groups.items():
+        entry = {"variant": variant, "steps": steps, "seeds": [r["seed"] for r in rs]}
+        for k, v in rs[0].items():
+            vals = [r[k] for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+            if k not in ("seed", "steps") and len(vals) == len(rs) and vals:
+                entry[k] = {"mean": sum(vals) / len(vals), "spread": max(vals) - min(vals)}
+        out.append(entry)
+    return out
 
 
 def print_table(study: str, rows: list[dict]) -> None:
@@ -163,16 +255,30 @@ def print_table(study: str, rows: list[dict]) -> None:
     cols = {"stage2": [("seed", "seed"), ("variant", "variant"), ("steps", "steps"), ("probe top-1 %", "probe_top1"),
                        ("chance %", "probe_chance"), ("retrieval R@1 %", "retrieval_r1"), ("MIM loss", "mim_loss"),
                        ("MLM loss", "mlm_loss"), ("wall s", "wall_s")],
-            "align": [("seed", "seed"), ("align_inputs", "variant"), ("steps", "steps"),
-                      ("train GFLOP", "train_gflop"), ("R@1 %", "retrieval_r1"), ("R@10 %", "retrieval_r10"),
-                      ("probe top-1 %", "probe_top1"), ("final ITC acc", "itc_acc"), ("wall s", "wall_s")]}[study]
+            "align": [("seed", "seed"), ("variant", "variant"), ("steps", "steps"),
+                      ("train TFLOP", "train_tflop"), ("TR/IR R@1 %", "tr_r1", "ir_r1"),
+                      ("TR/IR R@10 %", "tr_r10", "ir_r10"), ("ITM bacc random/hard %", "itm_random_bacc",
+                                                              "itm_hard_bacc"),
+                      ("final ITM loss", "itm_loss"), ("probe top-1 %", "probe_top1"), ("wall s", "wall_s")]}[study]
     t = Table(title=f"{study} ablation (tiny preset, synthetic data)")
-    for title, _ in cols:
+    for title, *_ in cols:
         t.add_column(title)
     fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     for r in rows:
-        t.add_row(*(fmt(r.get(key)) for _, key in cols))
-    Console(width=160).print(t)
+        t.add_row(*(" / ".join(fmt(r.get(k)) for k in keys) for _, *keys in cols))
+    console = Console(width=180)
+    console.print(t)
+    if study == "align":
+        s = Table(title="align ablation: mean ± spread (max - min) over seeds")
+        for title in ("variant", "steps", "seeds", "train TFLOP", "R@1 % (TR, IR)", "R@10 % (TR, IR)",
+                      "ITM bacc random %", "ITM bacc hard %"):
+            s.add_column(title)
+        ms = lambda e, k: "-" if k not in e else f"{e[k]['mean']:.1f} ± {e[k]['spread']:.1f}"  # noqa: E731
+        for e in summarize(rows):
+            s.add_row(e["variant"], str(e["steps"]), str(len(e["seeds"])), ms(e, "train_tflop"),
+                      f"{ms(e, 'tr_r1')}, {ms(e, 'ir_r1')}", f"{ms(e, 'tr_r10')}, {ms(e, 'ir_r10')}",
+                      ms(e, "itm_random_bacc"), ms(e, "itm_hard_bacc"))
+        console.print(s)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from torch import Tensor  # noqa: E402
 
 from momo_ds.batch import ImageBatch, PairBatch, TextBatch  # noqa: E402
 from momo_ds.config import ModelConfig, StreamConfig  # noqa: E402
+from momo_ds.data.masking import draw_patch_masks  # noqa: E402
 from momo_ds.model.masking import mask_images, mask_pairs, mask_text  # noqa: E402
 
 # Dense bf16 tensor-core peaks, TFLOP/s (SXM parts; the PCIe H100 is listed separately and matched first).
@@ -216,13 +217,16 @@ def _text_lengths(t: TextBatch, padded: bool) -> dict[str, Tensor]:
             "full": t.full_mask.sum(1).cpu()}
 
 
-def training_flops(cfg: ModelConfig, batch, objectives: dict[str, float], padded: bool = False) -> dict[str, float]:
-    """Analytic training FLOPs (3x forward for what carries gradient) of ``MoMo.forward(batch, objectives)``.
+def training_flops(cfg: ModelConfig, batch, objectives: dict[str, float], padded: bool = False,
+                   align_inputs: Optional[str] = None) -> dict[str, float]:
+    """Analytic training FLOPs (3x forward for what carries gradient) of
+    ``MoMo.forward(batch, objectives, align_inputs=align_inputs)``.
 
     Parts: patch_embed, encoder, decoder, heads, total. ``padded``: count padded text (executed FLOPs) instead of
-    real tokens (useful FLOPs). ITM's two hard-negative pairs per positive are counted with the batch's own length
-    distribution (their expected cost; the draw is random).
+    real tokens (useful FLOPs). ITM's negative pairs (``cfg.itm_negatives`` per positive) are counted with the
+    batch's own length distribution (their expected cost; the draw is random).
     """
+    align = align_inputs or cfg.align_inputs
     f = MomoFlops(cfg)
     parts = {"patch_embed": 0.0, "encoder": 0.0, "decoder": 0.0, "heads": 0.0}
 
@@ -249,15 +253,18 @@ def training_flops(cfg: ModelConfig, batch, objectives: dict[str, float], padded
             add({"patch_embed": f.patch_embed(b), "encoder": f.encoder(enc)})
             add(f.decoder(enc, _rows(b, nm), t["masked"]))
         if "itc" in objectives or "itm" in objectives:
-            masked = cfg.align_inputs == "masked"
-            n_img = n if cfg.align_inputs == "full" else nk
+            masked = align == "masked"
+            n_img = n if align == "full" else nk
+            if align == "masked_image" and batch.align_keep is not None:
+                n_img = batch.align_keep.shape[1]
             txt = t["visible"] if masked else t["full"]
             mult = 3.0 if "itc" in objectives else 1.0
             add({"patch_embed": f.patch_embed(b), "encoder": f.encoder(_rows(b, 1 + n_img)) + f.encoder(1 + txt),
                  "heads": 2.0 * 2 * b * cfg.embed_dim * cfg.proj_dim}, mult)
             if "itm" in objectives:
                 joint = 1 + n_img + txt
-                copies = 2 if (masked and "cmm" in objectives) else 3  # "masked" reuses the CMM encoding
+                # the positives, unless "masked" reuses their CMM encoding, and the negatives
+                copies = cfg.itm_negatives + (0 if (masked and "cmm" in objectives) else 1)
                 add({"patch_embed": copies * f.patch_embed(b), "encoder": copies * f.encoder(joint),
                      "heads": 2.0 * copies * b * cfg.embed_dim * 2})
     else:
@@ -291,8 +298,11 @@ def synthetic_batch(cfg: ModelConfig, stream: StreamConfig, gen: torch.Generator
         return mask_images(images, cfg.patch_size, stream.image_mask_ratio, generator=gen)
     if stream.kind == "text":
         return mask_text(ids, mask, stream.text_mask_ratio, cfg.pad_token_id, gen)
-    return mask_pairs(images, ids, mask, cfg.patch_size, stream.image_mask_ratio, stream.text_mask_ratio,
-                      cfg.pad_token_id, gen)
+    pairs = mask_pairs(images, ids, mask, cfg.patch_size, stream.image_mask_ratio, stream.text_mask_ratio,
+                       cfg.pad_token_id, gen)
+    if stream.align_mask_ratio is not None:  # the loader's rule (momo_ds.data.masking)
+        pairs.align_keep = draw_patch_masks(b, cfg.num_patches, stream.align_mask_ratio, gen)[0]
+    return pairs
 
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -96,10 +96,15 @@ class TextBatch(_BatchOps):
 
 @dataclass
 class PairBatch(_BatchOps):
-    """Image-text pairs: row i of ``image`` belongs with row i of ``text`` (CMM masks drawn on both)."""
+    """Image-text pairs: row i of ``image`` belongs with row i of ``text`` (CMM masks drawn on both).
+
+    align_keep: [B, Na] int64 sorted indices of the patches contrastive and ITM see, drawn independently of the
+    CMM mask (the stream's ``align_mask_ratio``), or None (the model's ``align_inputs`` decides alone)
+    """
 
     image: ImageBatch
     text: TextBatch
+    align_keep: Optional[Tensor] = None
 
     @property
     def batch_size(self) -> int:

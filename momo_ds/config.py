@@ -50,7 +50,8 @@ class ModelConfig:
     norm_pix_loss: bool = True  # MIM target normalised per patch (MAE)
     proj_dim: int = 256  # contrastive embedding size
     init_temperature: float = 0.07
-    # what contrastive/ITM see: "full" (unmasked pair), "masked_image" (CMM-visible patches, whole caption) or
+    # what contrastive/ITM see: "full" (unmasked pair), "masked_image" (a masked image with the whole caption:
+    # the pair stream's align_mask_ratio of the patches hidden when it sets one, else the CMM-hidden ones) or
     # "masked" (the CMM inputs themselves: visible patches and visible words)
     align_inputs: str = "full"
     # ITM negatives: the similarities are scaled by itm_hardness before the sampling softmax (1: as contrastive
@@ -58,6 +59,9 @@ class ModelConfig:
     # every real token)
     itm_hardness: float = 1.0
     itm_readout: str = "cls"
+    # joint negatives per positive: 2 (a negative caption and a negative image for every pair, as VLMo/ALBEF) or
+    # 1 (one per pair, sides alternating: even rows get a negative caption, odd rows a negative image)
+    itm_negatives: int = 2
     attn_backend: str = "sdpa"  # sdpa | math | flash_varlen
     grad_checkpointing: bool = False
 
@@ -76,6 +80,8 @@ class ModelConfig:
             raise ConfigError(f"model.align_inputs={self.align_inputs!r}; valid: {', '.join(ALIGN_INPUTS)}")
         if not 0.0 <= self.itm_hardness <= 1.0:
             raise ConfigError(f"model.itm_hardness={self.itm_hardness} is outside [0, 1]")
+        if self.itm_negatives not in (1, 2):
+            raise ConfigError(f"model.itm_negatives={self.itm_negatives}; valid: 1, 2")
         if self.itm_readout not in ITM_READOUTS:
             raise ConfigError(f"model.itm_readout={self.itm_readout!r}; valid: {', '.join(ITM_READOUTS)}")
         if self.attn_backend not in ("sdpa", "math", "flash_varlen"):
@@ -121,6 +127,9 @@ class StreamConfig:
     text_mask_ratio: float = 0.15
     augment: str = "rrc"  # rrc (random-resized-crop + flip) | randaug (rrc + RandAugment) | none
     max_text_len: int = 128
+    # pair streams, model.align_inputs=masked_image: the share of patches contrastive and ITM do not see, drawn
+    # independently of CMM's mask (FLIP's image masking); None: they see the CMM-visible patches
+    align_mask_ratio: Optional[float] = None
 
     def validate(self, where: str) -> "StreamConfig":
         valid_kinds = ("image", "text", "pair")
@@ -132,7 +141,13 @@ class StreamConfig:
             raise ConfigError(f"{where}.objectives: {bad} not valid for kind {self.kind!r}; valid: {sorted(allowed)}")
         if not self.objectives:
             raise ConfigError(f"{where}.objectives is empty")
-        for r, name in ((self.image_mask_ratio, "image_mask_ratio"), (self.text_mask_ratio, "text_mask_ratio")):
+        ratios = [(self.image_mask_ratio, "image_mask_ratio"), (self.text_mask_ratio, "text_mask_ratio")]
+        if self.align_mask_ratio is not None:
+            if self.kind != "pair" or not {"itc", "itm"} & set(self.objectives):
+                raise ConfigError(f"{where}.align_mask_ratio applies to pair streams with itc or itm; this stream "
+                                  f"is {self.kind!r} with objectives {sorted(self.objectives)}")
+            ratios.append((self.align_mask_ratio, "align_mask_ratio"))
+        for r, name in ratios:
             if not 0.0 <= r < 1.0:
                 raise ConfigError(f"{where}.{name}={r} is outside [0, 1)")
         if self.batch_size < 1:
@@ -191,6 +206,9 @@ class TrainConfig:
     mae_checkpoint: str = ""  # local timm MAE weights file to initialise the encoder (stage 1)
     seed: int = 0
     update: str = "cmga"  # cmga: every step sums all streams | alternating: one stream per step (ablation only)
+    # FLIP's unmasked tuning: in the last align_full_tail share of the steps contrastive and ITM see the unmasked
+    # pair whatever model.align_inputs says (0: never)
+    align_full_tail: float = 0.0
 
 
 @dataclass
@@ -214,8 +232,14 @@ class RecipeConfig:
     def validate(self) -> "RecipeConfig":
         if self.train.update not in ("cmga", "alternating"):
             raise ConfigError(f"train.update={self.train.update!r}; valid: 'cmga', 'alternating'")
+        if not 0.0 <= self.train.align_full_tail <= 1.0:
+            raise ConfigError(f"train.align_full_tail={self.train.align_full_tail} is outside [0, 1]")
         self.data.validate()
-        self.model_config()
+        model = self.model_config()
+        masked = [s.name for s in self.data.streams if s.align_mask_ratio is not None]
+        if masked and model.align_inputs != "masked_image":
+            raise ConfigError(f"data.streams.{masked[0]}.align_mask_ratio needs model.align_inputs=masked_image "
+                              f"(it is {model.align_inputs!r})")
         return self
 
 

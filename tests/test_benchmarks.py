@@ -87,15 +87,20 @@ def test_training_flops_match_flop_counter():
 
     torch.manual_seed(0)
     objectives = {"cmm": 1.0, "itc": 1.0, "itm": 1.0}
-    stream = StreamConfig(name="pair", kind="pair", objectives=objectives, batch_size=4, text_mask_ratio=0.75,
-                          max_text_len=16)
-    for align in ALIGN_INPUTS:
-        model = build_model("tiny", depth=2, decoder_depth=1, align_inputs=align)
+    # (align_inputs, stream align_mask_ratio, itm_negatives, the forward's align_inputs override)
+    cases = [(align, None, 2, None) for align in ALIGN_INPUTS]
+    cases += [("masked_image", 0.5, 2, None), ("masked_image", 0.5, 1, None), ("masked", None, 1, None),
+              ("full", None, 1, None), ("masked_image", 0.5, 1, "full")]
+    for align, ratio, negatives, override in cases:
+        stream = StreamConfig(name="pair", kind="pair", objectives=objectives, batch_size=4, text_mask_ratio=0.75,
+                              max_text_len=16, align_mask_ratio=ratio)
+        model = build_model("tiny", depth=2, decoder_depth=1, align_inputs=align, itm_negatives=negatives)
         batch = synthetic_batch(model.cfg, stream, torch.Generator().manual_seed(0))
+        assert (batch.align_keep is None) == (ratio is None)
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
-            model(batch, objectives)["loss"].backward()
-        assert fc.get_total_flops() == pytest.approx(training_flops(model.cfg, batch, objectives, True)["total"],
-                                                     rel=0.01)
+            model(batch, objectives, align_inputs=override)["loss"].backward()
+        analytic = training_flops(model.cfg, batch, objectives, True, align_inputs=override)["total"]
+        assert fc.get_total_flops() == pytest.approx(analytic, rel=0.01), (align, ratio, negatives, override)
 
 
 def test_check_gpu_quick_runs_the_cpu_checks(tmp_path):

@@ -266,12 +266,16 @@ def _pairs(b: int, length: int, seed: int) -> JointInputs:
     return JointInputs(torch.randn(b, 3, 4, 4, generator=gen), None, ids, torch.arange(length).expand(b, -1), mask)
 
 
-def test_itm_loss_matches_naive():
+@pytest.mark.parametrize("negatives", [2, 1])
+def test_itm_loss_matches_naive(negatives):
+    """negatives=2: every pair's image with a negative caption and a negative image with its caption;
+    negatives=1: only the first for even rows, only the second for odd rows (balanced 1:1 classes)."""
     torch.manual_seed(0)
     enc, head = _ToyJoint(), torch.nn.Linear(6, 2)
     inputs = _pairs(4, 5, 1)
     img, txt, scale = _embeddings(4, 8, 2)
-    out = itm_loss(img, txt, scale, inputs, enc, head, generator=torch.Generator().manual_seed(7))
+    out = itm_loss(img, txt, scale, inputs, enc, head, generator=torch.Generator().manual_seed(7),
+                   negatives=negatives)
     out["itm_loss"].backward()
     got = [p.grad.clone() for p in (*enc.parameters(), *head.parameters())]
     assert img.grad is None and scale.grad is None  # similarities only pick negatives
@@ -281,8 +285,11 @@ def test_itm_loss_matches_naive():
     s = scale.detach().exp()
     sim_i2t, sim_t2i = s * img.detach() @ txt.detach().t(), s * txt.detach() @ img.detach().t()
     neg_t, neg_i = sample_hard_negatives(sim_i2t, sim_t2i, 0, torch.Generator().manual_seed(7))
-    triples = [(i, i, 1) for i in range(4)] + [(i, int(neg_t[i]), 0) for i in range(4)]
-    triples += [(int(neg_i[i]), i, 0) for i in range(4)]
+    triples = [(i, i, 1) for i in range(4)]
+    if negatives == 2:
+        triples += [(i, int(neg_t[i]), 0) for i in range(4)] + [(int(neg_i[i]), i, 0) for i in range(4)]
+    else:
+        triples += [(i, int(neg_t[i]), 0) if i % 2 == 0 else (int(neg_i[i]), i, 0) for i in range(4)]
     terms, correct = [], 0
     for im, tx, label in triples:
         j = inputs.select(torch.tensor([im]), torch.tensor([tx]))
@@ -292,7 +299,7 @@ def test_itm_loss_matches_naive():
     ref = sum(terms) / len(terms)
     ref.backward()
     torch.testing.assert_close(out["itm_loss"], ref)
-    torch.testing.assert_close(out["itm_acc"], torch.tensor(correct / 12))
+    torch.testing.assert_close(out["itm_acc"], torch.tensor(correct / len(triples)))
     for a, p in zip(got, (*enc.parameters(), *head.parameters())):
         torch.testing.assert_close(a, p.grad)
 

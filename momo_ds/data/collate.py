@@ -47,8 +47,15 @@ def collate_texts(seqs: Sequence[Sequence[int]], pad_id: int, mask_ratio: float,
 
 
 def collate_pairs(images: Sequence[Tensor], seqs: Sequence[Sequence[int]], patch_size: int, pad_id: int,
-                  image_mask_ratio: float, text_mask_ratio: float, generator: torch.Generator) -> PairBatch:
-    """Row i of the image batch belongs with row i of the text batch; CMM masks drawn on both."""
+                  image_mask_ratio: float, text_mask_ratio: float, generator: torch.Generator,
+                  align_mask_ratio: Optional[float] = None) -> PairBatch:
+    """Row i of the image batch belongs with row i of the text batch; CMM masks drawn on both, then (when
+    ``align_mask_ratio`` is given) the patches contrastive and ITM see, from the same generator: the CMM masks
+    are the same with or without it."""
     image = collate_images(images, None, patch_size, image_mask_ratio, generator)
     text = collate_texts(seqs, pad_id, text_mask_ratio, generator)
-    return PairBatch(image=image, text=text)
+    align_keep = None
+    if align_mask_ratio is not None:
+        num_patches = image.patch_keep.shape[1] + image.patch_masked.shape[1]
+        align_keep = draw_patch_masks(image.batch_size, num_patches, align_mask_ratio, generator)[0]
+    return PairBatch(image=image, text=text, align_keep=align_keep)

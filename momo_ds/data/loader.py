@@ -53,7 +53,7 @@ def _make_spec(s: StreamConfig, data_cfg: DataConfig, patch_size: int, rank: int
     return StreamSpec(name=s.name, kind=s.kind, urls=check_shards(s.name, s.shards), batch_size=s.batch_size,
                       image_size=data_cfg.image_size, patch_size=patch_size, augment=s.augment,
                       image_mask_ratio=s.image_mask_ratio, text_mask_ratio=s.text_mask_ratio,
-                      max_text_len=s.max_text_len, seed=data_cfg.seed, shuffle_buffer=data_cfg.shuffle_buffer,
+                      align_mask_ratio=s.align_mask_ratio, max_text_len=s.max_text_len, seed=data_cfg.seed, shuffle_buffer=data_cfg.shuffle_buffer,
                       repeat=s.repeat, rank=rank, world_size=world_size)
 
 

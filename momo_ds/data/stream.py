@@ -41,6 +41,7 @@ class StreamSpec:
     augment: str = "rrc"
     image_mask_ratio: float = 0.75
     text_mask_ratio: float = 0.15
+    align_mask_ratio: Optional[float] = None
     max_text_len: int = 128
     seed: int = 0
     shuffle_buffer: int = 2000
@@ -120,8 +121,9 @@ def collate_stream(spec: StreamSpec, items: list, pad_id: int, seed: int):
         return collate_images([x for x, _ in items], [y for _, y in items], spec.patch_size, image_ratio, g)
     if spec.kind == "text":
         return collate_texts(items, pad_id, text_ratio, g)
+    align_ratio = spec.align_mask_ratio if spec.train else None
     return collate_pairs([x for x, _ in items], [t for _, t in items], spec.patch_size, pad_id, image_ratio,
-                         text_ratio, g)
+                         text_ratio, g, align_ratio)
 
 
 class StreamDataset(IterableDataset):

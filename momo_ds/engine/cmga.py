@@ -61,8 +61,12 @@ class CMGAStep:
     """Runs CMGA steps on a DeepSpeed engine (or any object with the same backward/step interface)."""
 
     def __init__(self, engine, streams: list[StreamConfig], dist_ctx, dtype: torch.dtype, device: torch.device,
-                 touch_unused: bool = True, check_finite: bool = True, seed: int = 0):
+                 touch_unused: bool = True, check_finite: bool = True, seed: int = 0,
+                 align_full_from: Optional[int] = None):
+        """align_full_from: from this (0-based) step on, contrastive and ITM see unmasked pairs (FLIP's unmasked
+        tail, ``train.align_full_tail``); None: never."""
         self.engine = engine
+        self.align_full_from = align_full_from
         self.streams = streams
         self.dist = dist_ctx
         self.dtype = dtype
@@ -98,6 +102,9 @@ class CMGAStep:
             batch = cast_floats(host_batch, self.dtype, self.device)
             self.engine.set_gradient_accumulation_boundary(i == n - 1)
             extra = {"generator": self.generator(step, i)} if "itm" in stream.objectives else {}
+            if self.align_full_from is not None and step >= self.align_full_from and {"itc", "itm"} & set(
+                    stream.objectives):
+                extra["align_inputs"] = "full"
             out = self.engine(batch, objectives=stream.objectives, dist=self.dist, touch_unused=self.touch_unused,
                               **extra)
             for k, v in out.items():

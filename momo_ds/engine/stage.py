@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from momo_ds import distributed as mdist
-from momo_ds.config import ConfigError, ModelConfig, RecipeConfig, to_dict
+from momo_ds.config import ConfigError, ModelConfig, RecipeConfig, TrainConfig, to_dict
 from momo_ds.engine import checkpoint as ckpt
 from momo_ds.engine.cmga import CMGAStep, accumulate
 from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, zero_stage
@@ -114,6 +114,13 @@ def _tied_or_head(key: str) -> bool:
     return key.startswith(FRESH_HEAD_PREFIXES)
 
 
+def align_full_from(train: TrainConfig) -> Optional[int]:
+    """The first 0-based step of the unmasked tail (the last ``train.align_full_tail`` share of the steps, rounded
+    to whole steps), or None when there is none."""
+    tail = round(train.align_full_tail * train.max_steps)
+    return train.max_steps - tail if tail > 0 else None
+
+
 class StageRunner:
     def __init__(self, recipe: RecipeConfig, ds_cfg: dict[str, Any], stage_dir: Path, tokenizer,
                  init_state: Optional[dict[str, torch.Tensor]] = None, init_source: str = "",
@@ -148,14 +155,14 @@ class StageRunner:
                                                     config=self.ds_cfg)
         touch = zero_stage(self.ds_cfg) == 3 or uses_offload(self.ds_cfg)
         ctx = mdist.TorchDist.current()
+        steps = dict(touch_unused=touch, seed=recipe.train.seed, align_full_from=align_full_from(recipe.train))
         if recipe.train.update == "alternating":  # ablation: each optimizer step sees one stream, round robin
             self.steps_per_draw = len(recipe.data.streams)
-            self.updates = [CMGAStep(self.engine, [s], ctx, self.dtype, self.device, touch_unused=touch,
-                                     seed=recipe.train.seed) for s in recipe.data.streams]
+            self.updates = [CMGAStep(self.engine, [s], ctx, self.dtype, self.device, **steps)
+                            for s in recipe.data.streams]
         else:
             self.steps_per_draw = 1
-            self.updates = [CMGAStep(self.engine, recipe.data.streams, ctx, self.dtype, self.device,
-                                     touch_unused=touch, seed=recipe.train.seed)]
+            self.updates = [CMGAStep(self.engine, recipe.data.streams, ctx, self.dtype, self.device, **steps)]
         self._drawn = None
 
         from momo_ds.data import build_stage_loader

@@ -203,7 +203,8 @@ class MoMo(nn.Module):
 
     # -------------------------------------------------------------------------------------------- training
     def forward(self, batch, objectives: dict[str, float], dist: Optional[DistContext] = None,
-                touch_unused: bool = False, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+                touch_unused: bool = False, generator: Optional[torch.Generator] = None,
+                align_inputs: Optional[str] = None) -> dict[str, Tensor]:
         """One micro-batch of pretraining.
 
         batch:        ImageBatch (mim) | TextBatch (mlm) | PairBatch (any of cmm, itc, itm)
@@ -211,6 +212,8 @@ class MoMo(nn.Module):
         dist:         rank / world size / gathers for itc and itm (None: single process)
         touch_unused: give every parameter this micro-batch does not use a zero gradient (ZeRO-3, offload)
         generator:    random source of ITM negative sampling (on the batch's device)
+        align_inputs: what contrastive and ITM see for this batch, overriding ``cfg.align_inputs`` (the trainer's
+                      unmasked tail passes "full"); None: the config's
         returns       {"loss": 0-dim weighted sum, "<term>_loss": unweighted terms, detached diagnostics}
         """
         kind = batch_kind(batch)
@@ -222,7 +225,7 @@ class MoMo(nn.Module):
         elif kind == "text":
             terms = self._text_terms(batch, used)
         else:
-            terms = self._pair_terms(batch, objectives, dist, generator, used)
+            terms = self._pair_terms(batch, objectives, dist, generator, used, align_inputs or self.cfg.align_inputs)
         loss = sum(w * terms[t] for name, w in objectives.items() for t in OBJECTIVE_TERMS[name])
         if touch_unused:
             loss = loss + self._zero_unused(used, logit_scale_used="itc" in objectives and kind == "pair")
@@ -262,7 +265,7 @@ class MoMo(nn.Module):
         return mlm_loss(self.lm_head(states), t.masked_ids, t.masked_valid)
 
     def _pair_terms(self, p: PairBatch, objectives: dict[str, float], dist: DistContext,
-                    generator: Optional[torch.Generator], used: list[nn.Module]) -> dict[str, Tensor]:
+                    generator: Optional[torch.Generator], used: list[nn.Module], align: str) -> dict[str, Tensor]:
         im, tx = p.image, p.text
         self._check_image_inputs(im.images, im.patch_keep, self._values(im.images), im.patch_masked)
         self._check_text_batch(tx)
@@ -278,10 +281,10 @@ class MoMo(nn.Module):
             terms.update(cmm_loss(pixels, im.images, im.patch_masked, self.cfg.patch_size, self.cfg.norm_pix_loss,
                                   self.lm_head(states), tx.masked_ids, tx.masked_valid))
             used += [self.lm_head, *dec.part_modules(image=True, text=True)]
-            if self.cfg.align_inputs == "masked":
+            if align == "masked":
                 positive_cls = self._match_state(h, key_mask)  # ITM positives = the CMM inputs: reuse them
         if "itc" in objectives or "itm" in objectives:
-            inputs = self._align_inputs(p)
+            inputs = self._align_inputs(p, align)
             with nullcontext() if "itc" in objectives else torch.no_grad():
                 image_emb = self.image_proj(self._encode(inputs.images, inputs.patch_keep)[0][:, 0])
                 text_emb = self.text_proj(self._encode(ids=inputs.ids, positions=inputs.positions,
@@ -292,17 +295,18 @@ class MoMo(nn.Module):
             if "itm" in objectives:
                 terms.update(itm_loss(image_emb, text_emb, self.logit_scale, inputs, self._joint_cls, self.itm_head,
                                       dist, self.cfg.pad_token_id, generator, positive_cls,
-                                      hardness=self.cfg.itm_hardness))
+                                      hardness=self.cfg.itm_hardness, negatives=self.cfg.itm_negatives))
                 used.append(self.itm_head)
         return terms
 
-    def _align_inputs(self, p: PairBatch) -> JointInputs:
-        """What contrastive and ITM see (``cfg.align_inputs``).
+    def _align_inputs(self, p: PairBatch, mode: str) -> JointInputs:
+        """What contrastive and ITM see (``mode``: ``cfg.align_inputs`` or the forward's override).
 
-        "full": the unmasked pair; "masked_image": the CMM-visible patches with the whole caption (image masking
-        as in FLIP, text kept: it is the cheap side); "masked": exactly the CMM inputs.
+        "full": the unmasked pair; "masked_image": the whole caption with the patches of ``p.align_keep`` when
+        the loader drew them (the stream's own ratio), else the CMM-visible patches (image masking as in FLIP,
+        text kept: it is the cheap side); "masked": exactly the CMM inputs.
         """
-        tx, mode = p.text, self.cfg.align_inputs
+        tx = p.text
         if mode == "masked":
             return JointInputs(p.image.images, p.image.patch_keep, tx.input_ids, tx.positions, tx.attention_mask)
         if tx.full_mask.shape != tx.full_ids.shape:
@@ -310,7 +314,12 @@ class MoMo(nn.Module):
                              f"{tuple(tx.full_ids.shape)}")
         positions = _text_defaults(tx.full_ids, None, tx.full_mask)[0]
         check_text(tx.full_ids, positions, tx.full_mask, self.cfg, self._values(tx.full_ids), name="full_ids")
-        patch_keep = p.image.patch_keep if mode == "masked_image" else None
+        patch_keep = None
+        if mode == "masked_image":
+            patch_keep = p.image.patch_keep if p.align_keep is None else p.align_keep
+            if p.align_keep is not None:
+                check_patch_indices(p.align_keep, "align_keep", p.batch_size, self.cfg.num_patches,
+                                    self._values(p.align_keep))
         return JointInputs(p.image.images, patch_keep, tx.full_ids, positions, tx.full_mask)
 
     def _joint_cls(self, j: JointInputs) -> Tensor:

@@ -4,7 +4,7 @@ For each local positive pair one negative text and one negative image are drawn 
 probability softmax(similarity) over the *other* candidates (the positive is excluded exactly, not merely made
 unlikely). The negatives' raw inputs are gathered without gradient and encoded jointly on this rank; a 2-way
 classifier on the joint [CLS] is trained with cross-entropy over [positives; (image, neg text); (neg image, text)]
-with labels 1, 0, 0.
+with labels 1, 0, 0 — or, with one negative per pair, over [positives; one negative of alternating side], 1, 0.
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def same_caption(local: JointInputs, pool: JointInputs) -> Tensor:
 def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: JointInputs,
              encode_cls: Callable[[JointInputs], Tensor], head: Callable[[Tensor], Tensor],
              dist: Optional[DistContext] = None, pad_id: int = 0, generator: Optional[torch.Generator] = None,
-             positive_cls: Optional[Tensor] = None, hardness: float = 1.0) -> dict[str, Tensor]:
+             positive_cls: Optional[Tensor] = None, hardness: float = 1.0, negatives: int = 2) -> dict[str, Tensor]:
     """{"itm_loss", "itm_acc"}.
 
     image_emb, text_emb: [B, P] local contrastive embeddings (used detached, only to pick negatives)
@@ -117,6 +117,9 @@ def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: J
     head:               [n, D] -> [n, 2] ITM logits
     positive_cls:       [B, D] joint [CLS] of the positives when already computed (skips re-encoding them)
     hardness:           how far negatives follow the contrastive similarity (see :func:`sample_hard_negatives`)
+    negatives:          joint negatives per positive: 2 (its image with a negative caption, and a negative image
+                        with its caption) or 1 (global row index even: the negative caption, odd: the negative
+                        image), so the head sees B positives and B negatives
     """
     dist = dist or LOCAL
     b = image_emb.shape[0]
@@ -130,16 +133,22 @@ def itm_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, inputs: J
         neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, dist.rank, generator, hardness,
                                                     excluded=same_caption(inputs, pool))
         own = dist.rank * b + torch.arange(b, device=image_emb.device)
+        if negatives == 2:
+            neg_image_idx, neg_text_idx = torch.cat([own, neg_image]), torch.cat([neg_text, own])
+        else:  # the drawn negative of the alternating side; both were drawn so the RNG stream is the same
+            caption_side = own % 2 == 0
+            neg_image_idx = torch.where(caption_side, own, neg_image)
+            neg_text_idx = torch.where(caption_side, neg_text, own)
         if positive_cls is None:
-            image_idx, text_idx = torch.cat([own, own, neg_image]), torch.cat([own, neg_text, own])
+            image_idx, text_idx = torch.cat([own, neg_image_idx]), torch.cat([own, neg_text_idx])
         else:
-            image_idx, text_idx = torch.cat([own, neg_image]), torch.cat([neg_text, own])
+            image_idx, text_idx = neg_image_idx, neg_text_idx
         pairs = pool.select(image_idx, text_idx)
     cls = encode_cls(pairs)
     if positive_cls is not None:
         cls = torch.cat([positive_cls.to(cls.dtype), cls])
-    logits = head(cls).float()  # [3B, 2]
-    labels = (torch.arange(3 * b, device=logits.device) < b).long()  # 1 for the B positives, then 0
+    logits = head(cls).float()  # [(1 + negatives) B, 2]
+    labels = (torch.arange(logits.shape[0], device=logits.device) < b).long()  # 1 for the B positives, then 0
     loss = F.cross_entropy(logits, labels)
     acc = (logits.argmax(dim=1) == labels).float().mean().detach()
     return {"itm_loss": loss, "itm_acc": acc}
