@@ -82,7 +82,7 @@ ALIGN_VARIANTS = {
 }
 
 
-def _parse_sets(sets: list[str]) -> tuple[dict, dict, float]:
+def parse_variant(sets: list[str]) -> tuple[dict, dict, float]:
     """ALIGN_VARIANTS overrides -> (model overrides, pair-stream overrides, unmasked tail share)."""
     import yaml
 
@@ -97,7 +97,7 @@ def _parse_sets(sets: list[str]) -> tuple[dict, dict, float]:
         elif key == "train.align_full_tail":
             tail = float(value)
         else:
-            raise ValueError(f"stage3_flops: unsupported override {item!r}")
+            raise ValueError(f"unsupported variant override {item!r}")
     return model, stream, tail
 
 
@@ -114,7 +114,7 @@ def stage3_flops(sets: list[str] = ()) -> float:
     from momo_ds.config import load_recipe, packaged_recipe
     from momo_ds.model import resolve_config
 
-    model, stream_sets, tail = _parse_sets(list(sets))
+    model, stream_sets, tail = parse_variant(list(sets))
     recipe = load_recipe(packaged_recipe("tiny", 3))
     cfg = resolve_config("tiny", **{**recipe.model, **model})
     total = 0.0

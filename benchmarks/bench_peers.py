@@ -3,9 +3,11 @@
 
     python benchmarks/bench_peers.py [--quick] [--presets tiny,base] [--batch N] [--json PATH]
 
-MoMo: the stage-3 pair objectives (CMM 75 %/75 % + global contrastive + ITM with hard negatives), once per
-``model.align_inputs`` mode: ``full`` (contrastive/ITM on unmasked inputs, as FLAVA), ``masked_image`` (the
-CMM-visible patches with the whole caption, as FLIP) and ``masked`` (exactly the CMM inputs). FLAVA: ``transformers.FlavaForPreTraining``, random init, with its own losses (MMM image +
+MoMo: the stage-3 pair objectives (CMM 75 %/75 % + global contrastive + ITM), once per variant of VARIANTS
+(the align ablation's names, benchmarks/ablations.py): ``full`` (contrastive/ITM on unmasked inputs, as FLAVA,
+two ITM negatives per pair), ``masked_image`` (the CMM-visible patches with the whole caption, as FLIP),
+``masked`` (exactly the CMM inputs), and with one ITM negative per pair ``mask50_1neg`` (a separate 50 % image
+mask for contrastive/ITM) and ``mask75_1neg`` (the CMM-visible 25 %). FLAVA: ``transformers.FlavaForPreTraining``, random init, with its own losses (MMM image +
 text, ITM, global contrastive; unimodal MIM/MLM are off for pairs in its forward), fed what its forward needs:
 input_ids and the 15 %-masked input_ids_masked with mlm_labels, pixel_values with a random ~40 % bool_masked_pos
 (BEiT/FLAVA's 75 of 196), codebook_pixel_values for its frozen DALL-E codebook (which computes the MIM labels
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -32,10 +35,13 @@ import torch  # noqa: E402
 
 from common import (count_params, make_console, make_report, pick_device, print_table, set_threads,  # noqa: E402
                     synthetic_batch, time_interleaved, train_dtype, training_flops, write_json)
-from momo_ds.config import ALIGN_INPUTS, load_recipe, packaged_recipe  # noqa: E402
+from ablations import ALIGN_VARIANTS, parse_variant  # noqa: E402
+from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
+from momo_ds.data.masking import draw_patch_masks  # noqa: E402
 from momo_ds.model import build_model  # noqa: E402
 
-TARGET = 3.0  # MoMo samples/s over FLAVA's
+TARGET = 1.5  # MoMo samples/s over FLAVA's, for the stage-3 default
+VARIANTS = ("full", "masked_image", "masked", "mask50_1neg", "mask75_1neg")
 CPU_BATCH = {"tiny": 32, "base": 2}
 FLAVA_IMAGE_MASK = 75 / 196  # BEiT / FLAVA masking generator: 75 of 196 patches
 FLAVA_TEXT_MASK = 0.15
@@ -97,11 +103,20 @@ def run_preset(preset: str, args, device, console) -> dict:
     amp = device.type == "cuda" and train_dtype(device) == torch.bfloat16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     torch.manual_seed(0)
-    momo = {a: build_model(preset, decoders=["cmm"], align_inputs=a).to(device) for a in ALIGN_INPUTS}
+    momo, stream_sets = {}, {}
+    for v in VARIANTS:
+        model_sets, stream_sets[v], _ = parse_variant(ALIGN_VARIANTS[v])
+        momo[v] = build_model(preset, decoders=["cmm"], **{**recipe.model, **model_sets}).to(device)
     mcfg = momo["full"].cfg
     gen = torch.Generator().manual_seed(0)
     host = synthetic_batch(mcfg, stream, gen, args.min_text_frac)
-    batch = host.to(device)
+    hosts = {v: host for v in VARIANTS}  # the same pairs and CMM masks for every variant
+    for v, sets in stream_sets.items():
+        if sets.get("align_mask_ratio") is not None:
+            keep = draw_patch_masks(stream.batch_size, mcfg.num_patches, sets["align_mask_ratio"],
+                                    torch.Generator().manual_seed(1))[0]
+            hosts[v] = dataclasses.replace(host, align_keep=keep)
+    batches = {v: h.to(device) for v, h in hosts.items()}
     if preset == "base" or args.flava_config == "default":
         fcfg, codebook_px = FlavaConfig(), 112
         flava_note = "FlavaConfig() defaults"
@@ -136,7 +151,7 @@ def run_preset(preset: str, args, device, console) -> dict:
 
     steps, fwd_bwd = {}, {}
     for a, m in momo.items():
-        steps[f"momo_{a}"], fwd_bwd[f"momo_{a}"] = trainer(m, lambda m=m: m(batch, objectives)["loss"])
+        steps[f"momo_{a}"], fwd_bwd[f"momo_{a}"] = trainer(m, lambda m=m, a=a: m(batches[a], objectives)["loss"])
     steps["flava"], fwd_bwd["flava"] = trainer(flava, lambda: flava(**inputs).loss)
 
     def codebook():
@@ -154,7 +169,7 @@ def run_preset(preset: str, args, device, console) -> dict:
                 console.print(f"  {name}: out of memory counting FLOPs (use --batch or --no-flop-count)")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    analytic = {a: training_flops(m.cfg, host, objectives)["total"] / b for a, m in momo.items()}
+    analytic = {a: training_flops(m.cfg, hosts[a], objectives)["total"] / b for a, m in momo.items()}
     t_flava = timing["flava"].median
     variants = {}
     for name in steps:

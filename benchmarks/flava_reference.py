@@ -1,0 +1,432 @@
+#!/usr/bin/env python
+"""FLAVA as the external reference for MoMo's stage 3: trained at the same FLOPs on the same synthetic data and
+evaluated on the same held-out retrieval split.
+
+    python benchmarks/flava_reference.py [--seeds 0 1 2] [--steps N] [--json PATH] [--out DIR] [--quick]
+
+What trains: ``transformers.FlavaForPreTraining``, random init, with a FlavaConfig scaled to MoMo-tiny's shapes
+(bench_peers.scaled_flava_config: width 128, 4 unimodal layers, 2 multimodal layers, 32 px images in 4 px
+patches, the 512-entry vocabulary; the text position table gets one more slot for FLAVA's [CLS]). Plain PyTorch,
+fp32 on the CPU, one optimizer step = one pair batch + one text batch, as MoMo's stage 3 (CMGA) does.
+
+Data: the built-in synthetic dataset of each seed (momo_ds.data.make_synthetic, 4,000 samples per kind), read by
+momo_ds's own stage loader with the packaged tiny stage-3 recipe: the ``pair`` (64, RandAugment) and ``text``
+(64 windows of 32 tokens) streams on the train shards, the same seed, hence the same samples, order and
+augmentation as MoMo's stage 3. The loader's masks are off (ratios 0): FLAVA draws its own on the unmasked
+``full_ids``, with the synthetic WordPiece's [MASK] id, and gets the tokenizer's [CLS] in front of every text
+(momo_ds ids carry no special tokens; FLAVA reads its text embedding at position 0).
+
+Losses, as FlavaForPreTraining.forward computes them from the inputs given (its own weights, all 1):
+  pairs: global contrastive (unmasked image and caption, projected [CLS] states), ITM (half the captions rolled
+         by one row, bench_peers.flava_inputs; on the multimodal encoding of the masked inputs) and MMM-text
+         (15 % of the caption tokens, predicted from the multimodal encoding of the matched pairs);
+  text:  unimodal MLM (15 % of the tokens; a text-only forward: input_ids_masked and mlm_labels, no pixels, so
+         the forward runs the text encoder once and skips contrastive, ITM and the multimodal encoder).
+MIM and MMM-image are off by default: their targets come from FLAVA's pretrained DALL-E codebook, which cannot be
+had offline. Without a codebook the forward still demands MIM labels whenever it sees pixels, so it gets
+all-ignored ones (-100) and an empty bool_masked_pos, and mim_weight = mmm_image_weight = 0 (the heads do not
+run); the masked pass then encodes the unmasked image, as the unmasked one does. ``--with-codebook`` turns
+MMM-image on with a random-init codebook (labels from random features, a cost check rather than a recipe):
+~40 % of the patches masked (75 of 196, as FLAVA) and the images themselves, in [0, 1], as codebook pixels.
+
+FLOP matching: MoMo's tiny stage 3 is 160 steps of benchmarks/ablations.stage3_flops() (analytic training FLOPs of
+one step, every stream; 23.1 TFLOP in all, benchmarks/results/ablations_align_cpu2_2026-11-22.md; ``--match-tflop``
+overrides it, and is the fallback when ablations.py cannot be imported). One real FLAVA training step (forward and
+backward of the pair and text batches, the first batches of the run) is counted with torch's FlopCounterMode
+(bench_peers.counted_flops), and steps = round(target / step FLOPs). Both counts are matmul FLOPs; MoMo's counts
+real text tokens of random-length texts, FLAVA's the padded batch it executes. MoMo's 23.1 TFLOP are stage 3
+alone: its stages 1-2 (unimodal pretraining the stage-3 run starts from) are not counted, and FLAVA starts from
+random init.
+
+Optimisation: the recipe's (AdamW, lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.05 except on biases,
+norms, embeddings, [CLS]/mask tokens and the temperature; gradients clipped at 1.0; linear warm-up over the
+recipe's share of the steps (10 %), then cosine to min_lr, scaled with --lr).
+
+Evaluation, momo_ds.eval's own code on the seed's held-out pair split (momo_ds.eval.runner.evaluate_synthetic's
+split, loader, tokenizer, batch and text length): zero-shot retrieval R@1/5/10 both ways
+(momo_ds.eval.retrieval.evaluate_retrieval on FLAVA's L2-normalised projected [CLS] embeddings of the unmasked
+image and caption, the states its contrastive loss trains) and held-out ITM balanced accuracy against a random
+and a hard negative caption (momo_ds.eval.itm.evaluate_itm through FLAVA's ITM head on the unmasked pair).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from bench_peers import FLAVA_IMAGE_MASK, FLAVA_TEXT_MASK, counted_flops, flava_inputs, scaled_flava_config  # noqa: E402
+from common import count_params, make_console, make_report, print_table, set_threads, write_json  # noqa: E402
+from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
+from momo_ds.data.rng import mix_seed  # noqa: E402
+from momo_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+MOMO_STAGE3_TFLOP = 23.1  # 160 tiny stage-3 steps, benchmarks/results/ablations_align_cpu2_2026-11-22.md
+IGNORE = -100  # cross-entropy's ignore index, FlavaConfig.ce_ignore_index
+NO_DECAY_SUFFIXES = ("embeddings.weight", "position_embeddings", "cls_token", "mask_token", "logit_scale")
+LOSS_TERMS = ("global_contrastive", "itm", "mmm_text", "mmm_image", "mlm")
+QUICK = dict(num=256, steps=4, batch=16, text_batch=16, workers=0)
+
+
+# ------------------------------------------------------------------------------------------------- FLOP target
+def flop_matched_steps(target_flops: float, step_flops: float) -> int:
+    """The number of steps whose training FLOPs come closest to ``target_flops`` (at least 1)."""
+    if step_flops <= 0:
+        raise ValueError(f"step FLOPs must be positive, got {step_flops}")
+    return max(1, round(target_flops / step_flops))
+
+
+def momo_target_flops(match_tflop: Optional[float], momo_steps: int) -> tuple[float, str]:
+    """(training FLOPs of MoMo's tiny stage 3, where the number comes from)."""
+    if match_tflop is not None:
+        return match_tflop * 1e12, "--match-tflop"
+    try:
+        from ablations import stage3_flops
+
+        return momo_steps * stage3_flops(), f"ablations.stage3_flops() x {momo_steps} steps"
+    except Exception as e:  # ablations.py is being changed: the recorded value stands in
+        return MOMO_STAGE3_TFLOP * 1e12, (f"recorded {MOMO_STAGE3_TFLOP} TFLOP (ablations_align_cpu2_2026-11-22.md); "
+                                          f"ablations.stage3_flops() failed: {type(e).__name__}: {e}")
+
+
+# -------------------------------------------------------------------------------------------------------- data
+def stage3_data(out: Path, seed: int, num: int, pair_batch: int, text_batch: int, workers: Optional[int]):
+    """(DataConfig of MoMo's tiny stage 3 on the seed's synthetic train shards, loader masks off; SyntheticInfo;
+    the recipe). text_batch 0 drops the text stream."""
+    from momo_ds.data import resolve_synthetic
+
+    recipe = load_recipe(packaged_recipe("tiny", 3))
+    data = dataclasses.replace(recipe.data, seed=seed, synthetic_num=num,
+                               num_workers=recipe.data.num_workers if workers is None else workers)
+    data, info = resolve_synthetic(data, out / f"data_seed{seed}")
+    streams = []
+    for s in data.streams:
+        size = pair_batch if s.kind == "pair" else text_batch
+        if size > 0:  # the names stay "text" / "pair": the loader's seeds derive from them
+            streams.append(dataclasses.replace(s, batch_size=size, image_mask_ratio=0.0, text_mask_ratio=0.0))
+    return dataclasses.replace(data, streams=streams), info, recipe
+
+
+@dataclasses.dataclass
+class TextIds:
+    """The synthetic WordPiece's special ids FLAVA needs (momo_ds batches carry none)."""
+
+    cls: int
+    mask: int
+    pad: int
+
+    @classmethod
+    def load(cls, tokenizer_json: str) -> "TextIds":
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(tokenizer_json)
+        ids = {t: tok.token_to_id(t) for t in ("[CLS]", "[MASK]", "[PAD]")}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"{tokenizer_json}: no {', '.join(missing)} token")
+        return cls(ids["[CLS]"], ids["[MASK]"], ids["[PAD]"])
+
+
+def with_cls(ids: Tensor, mask: Tensor, cls_id: int) -> tuple[Tensor, Tensor]:
+    """ids [B, L], mask [B, L] (bool or 0/1) -> [B, 1 + L] each, [CLS] first (mask: long, as FLAVA takes it)."""
+    b = ids.shape[0]
+    return (torch.cat([ids.new_full((b, 1), cls_id), ids], dim=1),
+            torch.cat([mask.new_ones((b, 1)), mask], dim=1).long())
+
+
+def mlm_targets(ids: Tensor, mask: Tensor, mask_id: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """FLAVA's text masking: 15 % of the real tokens (at least one per text) become [MASK].
+    ids [B, L], mask [B, L] bool -> (masked ids [B, L], labels [B, L]: the ids there, IGNORE elsewhere)."""
+    pick = (torch.rand(ids.shape, generator=gen) < FLAVA_TEXT_MASK) & mask
+    pick[:, 0] |= ~pick.any(dim=1)  # every text has a real first token
+    return torch.where(pick, torch.full_like(ids, mask_id), ids), torch.where(pick, ids, torch.full_like(ids, IGNORE))
+
+
+def codebook_pixels(images: Tensor, size: int) -> Tensor:
+    """ImageNet-normalised images [B, 3, H, W] -> [0, 1] pixels [B, 3, size, size] for the image codebook."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    px = (images * std + mean).clamp(0, 1)
+    return F.interpolate(px, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def pair_inputs(batch, grid: int, codebook_px: int, vocab: int, ids: TextIds, gen: torch.Generator,
+                with_codebook: bool) -> dict:
+    """A PairBatch -> FlavaForPreTraining.forward's keyword arguments: bench_peers.flava_inputs (ITM labels with half
+    the captions rolled, 15 % text masking, FLAVA's image mask), with the synthetic [MASK] id and [CLS], and
+    without a codebook all-ignored MIM labels on unmasked images (see the module docstring)."""
+    x = flava_inputs(batch.image.images, batch.text.full_ids, batch.text.full_mask, grid, codebook_px, vocab, gen)
+    picked = x["mlm_labels"] != IGNORE
+    x["input_ids_masked"] = torch.where(picked, torch.full_like(x["input_ids"], ids.mask), x["input_ids"])
+    x["input_ids_masked"] = with_cls(x["input_ids_masked"], x["attention_mask"], ids.cls)[0]
+    x["input_ids"], x["attention_mask"] = with_cls(x["input_ids"], x["attention_mask"], ids.cls)
+    x["mlm_labels"] = F.pad(x["mlm_labels"], (1, 0), value=IGNORE)
+    if with_codebook:
+        x["codebook_pixel_values"] = codebook_pixels(batch.image.images, codebook_px)
+    else:
+        del x["codebook_pixel_values"]
+        x["bool_masked_pos"] = torch.zeros_like(x["bool_masked_pos"])
+        x["mim_labels"] = torch.full(x["bool_masked_pos"].shape, IGNORE, dtype=torch.long)
+    return x
+
+
+def text_inputs(batch, ids: TextIds, gen: torch.Generator) -> dict:
+    """A TextBatch -> keyword arguments of a text-only MLM forward (no input_ids: the unmasked pass has nothing to
+    encode, no pixels: no contrastive, ITM or multimodal encoder)."""
+    masked, labels = mlm_targets(batch.full_ids, batch.full_mask, ids.mask, gen)
+    masked, attention = with_cls(masked, batch.full_mask, ids.cls)
+    return {"input_ids_masked": masked, "attention_mask": attention, "return_loss": True,
+            "mlm_labels": F.pad(labels, (1, 0), value=IGNORE)}
+
+
+# ------------------------------------------------------------------------------------------------------- model
+def build_flava(mcfg, with_codebook: bool):
+    """(FlavaForPreTraining at MoMo-tiny's shapes, random init; codebook pixel size)."""
+    from transformers import FlavaForPreTraining
+
+    fcfg, codebook_px = scaled_flava_config(mcfg)
+    fcfg.text_config.max_position_embeddings = mcfg.max_text_len + 1  # MoMo's text table plus FLAVA's [CLS]
+    fcfg.init_codebook = with_codebook
+    if not with_codebook:
+        fcfg.mim_weight = fcfg.mmm_image_weight = 0.0
+    return FlavaForPreTraining(fcfg), codebook_px
+
+
+class _DecayView:
+    """What momo_ds.engine.optim.param_groups reads, with FLAVA's embeddings, [CLS]/mask tokens and temperature
+    named as not decayed (MoMo's rule; FLAVA lists none itself)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def named_parameters(self):
+        return self.model.named_parameters()
+
+    def no_weight_decay(self) -> list[str]:
+        return [n for n, _ in self.model.named_parameters() if n.endswith(NO_DECAY_SUFFIXES)]
+
+
+def build_optimizer(flava, train_cfg, steps: int, lr: float):
+    """AdamW + warm-up/cosine schedule of momo_ds.engine.optim, the recipe's settings stretched to ``steps``."""
+    from momo_ds.engine.optim import build_optimizer as momo_optimizer
+    from momo_ds.engine.optim import build_scheduler
+
+    warmup = round(steps * train_cfg.warmup_steps / train_cfg.max_steps)
+    cfg = dataclasses.replace(train_cfg, lr=lr, min_lr=train_cfg.min_lr * lr / train_cfg.lr, max_steps=steps,
+                              warmup_steps=warmup)
+    opt = momo_optimizer(_DecayView(flava), cfg, "cpu")
+    return opt, build_scheduler(opt, cfg), cfg
+
+
+def step_losses(flava, inputs: dict[str, dict]) -> tuple[Tensor, dict[str, float]]:
+    """Forward every stream's inputs -> (summed loss, FLAVA's loss terms)."""
+    total, terms = 0.0, {}
+    for x in inputs.values():
+        out = flava(**x)
+        total = total + out.loss
+        terms.update({k: float(v) for k, v in out.loss_info.items() if v is not None})
+    terms["loss"] = float(total)
+    return total, terms
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+class FlavaEvalView:
+    """The methods momo_ds.eval's retrieval (image_features, text_features) and ITM (+ match_logits, cfg) call,
+    answered by FLAVA. Texts arrive as momo_ds ids; [CLS] is put in front here."""
+
+    def __init__(self, flava, ids: TextIds):
+        self.flava, self.ids = flava, ids
+        self.cfg = SimpleNamespace(pad_token_id=ids.pad)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, P]: the projected, normalised [CLS] state global contrastive trains."""
+        out = self.flava.flava.get_image_features(pixel_values=images)
+        return F.normalize(out.pooler_output[:, 0], dim=-1)
+
+    def text_features(self, ids: Tensor, mask: Tensor) -> Tensor:
+        ids, mask = with_cls(ids, mask, self.ids.cls)
+        out = self.flava.flava.get_text_features(input_ids=ids, attention_mask=mask)
+        return F.normalize(out.pooler_output[:, 0], dim=-1)
+
+    def match_logits(self, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        """[B, 2] ITM logits (class 1 = match, FLAVA's itm_labels) of the unmasked pairs."""
+        ids, mask = with_cls(ids, mask, self.ids.cls)
+        out = self.flava.flava(input_ids=ids, pixel_values=images, attention_mask=mask, skip_multimodal_encoder=False)
+        return self.flava.itm_head(out.multimodal_embeddings).float()
+
+
+@torch.no_grad()
+def evaluate(flava, info, ids: TextIds, mcfg, itm: bool = True) -> dict:
+    """Held-out retrieval (and ITM) on the pair val split, as evaluate_synthetic runs them for MoMo."""
+    from momo_ds.data import build_eval_loader, load_tokenizer
+    from momo_ds.eval.itm import evaluate_itm
+    from momo_ds.eval.retrieval import evaluate_retrieval
+    from momo_ds.eval.runner import DEFAULT_MAX_LEN
+
+    cpu = torch.device("cpu")
+    loader = build_eval_loader([info.shards["pair"]["val"]], "pair", tokenizer=load_tokenizer(info.tokenizer),
+                               image_size=mcfg.img_size, patch_size=mcfg.patch_size, batch_size=256,
+                               max_text_len=min(DEFAULT_MAX_LEN, mcfg.max_text_len))
+    view = FlavaEvalView(flava.eval(), ids)
+    report = {"retrieval": evaluate_retrieval(view, loader, cpu)}
+    if itm:
+        report["itm"] = evaluate_itm(view, loader, cpu)
+    flava.train()
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def run_seed(seed: int, args, target: float, console) -> dict:
+    """Train FLAVA for one seed and evaluate it -> a result row."""
+    from momo_ds.data import build_stage_loader, load_tokenizer
+
+    t0 = time.perf_counter()
+    data, info, recipe = stage3_data(Path(args.out), seed, args.num, args.batch, args.text_batch, args.workers)
+    mcfg = recipe.model_config()
+    ids = TextIds.load(info.tokenizer)
+    torch.manual_seed(seed)
+    flava, codebook_px = build_flava(mcfg, args.with_codebook)
+    flava.train()
+    grid = mcfg.img_size // mcfg.patch_size
+    gen = torch.Generator().manual_seed(mix_seed(seed, "flava_reference", "masks"))
+    loader = build_stage_loader(data, tokenizer=load_tokenizer(info.tokenizer), patch_size=mcfg.patch_size)
+
+    def inputs_of(batches: dict) -> dict[str, dict]:
+        return {name: pair_inputs(b, grid, codebook_px, mcfg.vocab_size, ids, gen, args.with_codebook)
+                if name == "pair" else text_inputs(b, ids, gen) for name, b in batches.items()}
+
+    first = inputs_of(loader.next())
+    step_flops = counted_flops(lambda: step_losses(flava, first)[0].backward())
+    flava.zero_grad(set_to_none=True)
+    matched = flop_matched_steps(target, step_flops)
+    steps = args.steps or matched
+    opt, sched, train_cfg = build_optimizer(flava, recipe.train, steps, args.lr)
+    params = [p for p in flava.parameters() if p.requires_grad]
+    console.print(f"[seed {seed}] FLAVA {count_params(flava, True) / 1e6:.2f}M trainable params, "
+                  f"{step_flops / 1e9:.1f} GFLOP/step (counted) -> {matched} FLOP-matched steps; training {steps}")
+    history, window_t, window_n = [], time.perf_counter(), 0
+    t_train = time.perf_counter()
+    for step in range(steps):
+        inputs = first if step == 0 else inputs_of(loader.next())
+        loss, terms = step_losses(flava, inputs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip))
+        terms["lr"] = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise FloatingPointError(f"seed {seed} step {step}: non-finite loss {terms}")
+        history.append({"step": step, **terms})
+        window_n += args.batch
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
+            rate = window_n / (time.perf_counter() - window_t)
+            shown = " ".join(f"{k} {terms[k]:.3f}" for k in (*LOSS_TERMS, "loss") if k in terms)
+            console.print(f"[seed {seed}] step {step + 1}/{steps} {shown} lr {terms['lr']:.2e} {rate:.1f} pairs/s",
+                          highlight=False)
+            window_t, window_n = time.perf_counter(), 0
+    train_s = time.perf_counter() - t_train
+    loader.close()
+    ev = evaluate(flava, info, ids, mcfg, itm=not args.no_itm)
+    ret, itm = ev["retrieval"], ev.get("itm", {})
+    row = {"seed": seed, "steps": steps, "steps_flop_matched": matched, "step_flops": step_flops,
+           "match_flops": target, "train_tflop": steps * step_flops / 1e12, "train_s": train_s,
+           "wall_s": time.perf_counter() - t0,
+           "tr_r1": ret["tr@1_pct"], "ir_r1": ret["ir@1_pct"], "tr_r5": ret["tr@5_pct"], "ir_r5": ret["ir@5_pct"],
+           "tr_r10": ret["tr@10_pct"], "ir_r10": ret["ir@10_pct"],
+           "r1": (ret["tr@1_pct"] + ret["ir@1_pct"]) / 2, "r10": (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2,
+           "itm_random_bacc": itm.get("itm_random_bacc_pct"), "itm_hard_bacc": itm.get("itm_hard_bacc_pct"),
+           "retrieval": ret, "itm": itm or None, "first_losses": history[0], "final_losses": history[-1],
+           "history": history[:: max(1, args.log_every // 2)] + history[-1:],
+           "params_trainable": count_params(flava, True), "eval_pairs": ret["texts"]}
+    console.print(f"[seed {seed}] R@1 TR/IR {row['tr_r1']:.1f}/{row['ir_r1']:.1f}, R@10 TR/IR "
+                  f"{row['tr_r10']:.1f}/{row['ir_r10']:.1f} ({ret['images']:.0f} images), ITM random "
+                  f"{row['itm_random_bacc']}, {row['wall_s']:.0f} s", highlight=False)
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean and spread (max - min) over seeds of the retrieval and ITM numbers."""
+    out = {"seeds": [r["seed"] for r in rows]}
+    for k in ("r1", "r10", "tr_r1", "ir_r1", "tr_r10", "ir_r10", "itm_random_bacc", "itm_hard_bacc",
+              "train_tflop", "wall_s"):
+        vals = [r[k] for r in rows if r.get(k) is not None]
+        if vals:
+            out[k] = {"mean": statistics.fmean(vals), "spread": max(vals) - min(vals)}
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: FLOP-matched to MoMo's stage 3)")
+    p.add_argument("--match-tflop", type=float, default=None,
+                   help=f"FLOP target in TFLOP (default: ablations.stage3_flops() x the recipe's steps, "
+                        f"else {MOMO_STAGE3_TFLOP})")
+    p.add_argument("--num", type=int, default=4000, help="synthetic samples per kind (train split)")
+    p.add_argument("--batch", type=int, default=64, help="pairs per step (the recipe's 64)")
+    p.add_argument("--text-batch", type=int, default=64, help="texts per step (the recipe's 64; 0: no text MLM)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1e-3)")
+    p.add_argument("--with-codebook", action="store_true",
+                   help="MMM-image with a random-init codebook (off: no MIM/MMM-image, see the docstring)")
+    p.add_argument("--no-itm", action="store_true", help="skip the held-out ITM evaluation")
+    p.add_argument("--workers", type=int, default=None, help="loader workers per stream (default: the recipe's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1, see common.set_threads)")
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--out", default="runs/flava_reference", help="where the synthetic datasets go")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: {QUICK['num']} samples, {QUICK['steps']} steps, batches of {QUICK['batch']}")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        given = {k: v for k, v in vars(p.parse_args([])).items() if getattr(args, k) != v}
+        for k, v in QUICK.items():
+            if k not in given:
+                setattr(args, k, v)
+        args.log_every = min(args.log_every, 2)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads, torch.device("cpu"))
+    recipe = load_recipe(packaged_recipe("tiny", 3))
+    args.lr = args.lr or recipe.train.lr
+    console = make_console()
+    target, source = momo_target_flops(args.match_tflop, recipe.train.max_steps)
+    console.print(f"FLOP target {target / 1e12:.2f} TFLOP ({source})", highlight=False)
+    rows = [run_seed(seed, args, target, console) for seed in args.seeds]
+    cols = ["seed", "steps", "train TFLOP", "R@1 TR", "R@1 IR", "R@10 TR", "R@10 IR", "ITM bacc rnd/hard",
+            "train s", "wall s"]
+    table = [[r["seed"], r["steps"], r["train_tflop"], r["tr_r1"], r["ir_r1"], r["tr_r10"], r["ir_r10"],
+              "-" if r["itm_random_bacc"] is None else f"{r['itm_random_bacc']:.1f}/{r['itm_hard_bacc']:.1f}",
+              r["train_s"], r["wall_s"]] for r in rows]
+    print_table(console, "FLAVA (scaled to MoMo-tiny) on MoMo's tiny stage-3 data: held-out retrieval", cols, table,
+                caption=f"{rows[0]['eval_pairs']:.0f} held-out pairs; R@K in %; FLOP target "
+                        f"{target / 1e12:.1f} TFLOP = MoMo tiny stage 3 ({source})")
+    summary = summarize(rows)
+    ms = lambda k: f"{summary[k]['mean']:.1f} ± {summary[k]['spread']:.1f}"  # noqa: E731
+    console.print(f"R@10 mean(TR, IR) {ms('r10')} (TR {ms('tr_r10')}, IR {ms('ir_r10')}); R@1 {ms('r1')}; "
+                  f"mean ± spread over seeds {summary['seeds']}", highlight=False)
+    losses = [t for t in LOSS_TERMS if not (t == "mmm_image" and not args.with_codebook)
+              and not (t == "mlm" and args.text_batch == 0)]
+    config = {"args": vars(args), "flop_target": target, "flop_target_source": source, "losses": losses,
+              "preset": "tiny", "recipe": str(packaged_recipe("tiny", 3)), "flava_image_mask": FLAVA_IMAGE_MASK
+              if args.with_codebook else 0.0, "flava_text_mask": FLAVA_TEXT_MASK}
+    write_json(args.json, make_report("flava_reference", args, config, rows, summary=summary), console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
