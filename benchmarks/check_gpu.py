@@ -31,7 +31,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from common import make_console, make_report, pick_device, print_table, write_json  # noqa: E402
 from momo_ds.config import TrainConfig  # noqa: E402
 from momo_ds.engine.optim import build_optimizer, param_groups  # noqa: E402
-from momo_ds.model import build_model, mask_pairs  # noqa: E402
+from momo_ds.data.collate import mask_pairs  # noqa: E402
+from momo_ds.model import build_model  # noqa: E402
 
 # bf16 has an 8-bit mantissa: through 12+ blocks features drift by a few 1e-2 relative to fp32
 FEATURE_RTOL = 5e-2
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     lengths = torch.randint(length // 2, length + 1, (b,), generator=gen)
     mask = torch.arange(length)[None] < lengths[:, None]
     ids = torch.randint(1, cfg.vocab_size, (b, length), generator=gen).masked_fill(~mask, 0)
-    pair = mask_pairs(images, ids, mask, cfg.patch_size, generator=gen).to(device)
+    pair = mask_pairs(images, ids, mask, cfg.patch_size, 0.75, 0.75, generator=gen).to(device)
     images, ids, mask = images.to(device), ids.to(device), mask.to(device)
     fast_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
 

@@ -34,8 +34,7 @@ from torch import Tensor  # noqa: E402
 
 from momo_ds.batch import ImageBatch, PairBatch, TextBatch  # noqa: E402
 from momo_ds.config import ModelConfig, StreamConfig  # noqa: E402
-from momo_ds.data.masking import draw_patch_masks  # noqa: E402
-from momo_ds.model.masking import mask_images, mask_pairs, mask_text  # noqa: E402
+from momo_ds.data.collate import mask_images, mask_pairs, mask_text  # noqa: E402
 
 # Dense bf16 tensor-core peaks, TFLOP/s (SXM parts; the PCIe H100 is listed separately and matched first).
 GPU_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.0, "H100": 989.0, "A100": 312.0}
@@ -294,15 +293,12 @@ def synthetic_batch(cfg: ModelConfig, stream: StreamConfig, gen: torch.Generator
         images = torch.randn(b, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
     if stream.kind in ("text", "pair"):
         ids, mask = synthetic_texts(b, max_len, cfg.vocab_size, gen, min_text_frac, cfg.pad_token_id)
-    if stream.kind == "image":
-        return mask_images(images, cfg.patch_size, stream.image_mask_ratio, generator=gen)
+    if stream.kind == "image":  # masked as the loader masks (momo_ds.data.collate)
+        return mask_images(images, cfg.patch_size, stream.image_mask_ratio, gen)
     if stream.kind == "text":
         return mask_text(ids, mask, stream.text_mask_ratio, cfg.pad_token_id, gen)
-    pairs = mask_pairs(images, ids, mask, cfg.patch_size, stream.image_mask_ratio, stream.text_mask_ratio,
-                       cfg.pad_token_id, gen)
-    if stream.align_mask_ratio is not None:  # the loader's rule (momo_ds.data.masking)
-        pairs.align_keep = draw_patch_masks(b, cfg.num_patches, stream.align_mask_ratio, gen)[0]
-    return pairs
+    return mask_pairs(images, ids, mask, cfg.patch_size, stream.image_mask_ratio, stream.text_mask_ratio,
+                      cfg.pad_token_id, gen, stream.align_mask_ratio)
 
 
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:

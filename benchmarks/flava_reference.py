@@ -13,21 +13,27 @@ Data: the built-in synthetic dataset of each seed (momo_ds.data.make_synthetic, 
 momo_ds's own stage loader with the packaged tiny stage-3 recipe: the ``pair`` (64, RandAugment) and ``text``
 (64 windows of 32 tokens) streams on the train shards, the same seed, hence the same samples, order and
 augmentation as MoMo's stage 3. The loader's masks are off (ratios 0): FLAVA draws its own on the unmasked
-``full_ids``, with the synthetic WordPiece's [MASK] id, and gets the tokenizer's [CLS] in front of every text
-(momo_ds ids carry no special tokens; FLAVA reads its text embedding at position 0).
+``full_ids`` and gets the tokenizer's [CLS] in front of every text (momo_ds ids carry no special tokens; FLAVA
+reads its text embedding at position 0).
 
 Losses, as FlavaForPreTraining.forward computes them from the inputs given (its own weights, all 1):
-  pairs: global contrastive (unmasked image and caption, projected [CLS] states), ITM (half the captions rolled
-         by one row, bench_peers.flava_inputs; on the multimodal encoding of the masked inputs) and MMM-text
-         (15 % of the caption tokens, predicted from the multimodal encoding of the matched pairs);
-  text:  unimodal MLM (15 % of the tokens; a text-only forward: input_ids_masked and mlm_labels, no pixels, so
-         the forward runs the text encoder once and skips contrastive, ITM and the multimodal encoder).
+  pairs: global contrastive (projected [CLS] states of the unmasked image and caption, over the matched pairs),
+         ITM (on the multimodal encoding of the masked inputs) and MMM-text (the masked caption tokens of the
+         matched pairs, predicted from that multimodal encoding);
+  text:  unimodal MLM (a text-only forward: input_ids_masked and mlm_labels, no pixels, no input_ids, so it runs
+         the text encoder once and nothing else).
+ITM negatives follow FLAVA's data pipeline (torchmultimodal's VLTransform, itm_probability 0.1): 10 % of the
+pairs get another sample's caption. They pass their captions round among themselves, so that no caption is in
+the batch twice: FLAVA keeps every caption of the batch as a contrastive candidate, and bench_peers.flava_inputs'
+rolled captions (50 %, fine for timing) would put a copy of half the positives' own captions among their
+negatives. Text masking is BERT's, as FLAVA's collators do it: 15 % of the tokens, 80 % of them [MASK] (the
+synthetic WordPiece's id, not BERT's 103), 10 % a random word, 10 % unchanged.
 MIM and MMM-image are off by default: their targets come from FLAVA's pretrained DALL-E codebook, which cannot be
 had offline. Without a codebook the forward still demands MIM labels whenever it sees pixels, so it gets
 all-ignored ones (-100) and an empty bool_masked_pos, and mim_weight = mmm_image_weight = 0 (the heads do not
-run); the masked pass then encodes the unmasked image, as the unmasked one does. ``--with-codebook`` turns
-MMM-image on with a random-init codebook (labels from random features, a cost check rather than a recipe):
-~40 % of the patches masked (75 of 196, as FLAVA) and the images themselves, in [0, 1], as codebook pixels.
+run); its masked pass then encodes the unmasked image a second time. ``--with-codebook`` turns MMM-image on with
+a random-init codebook (targets from random features: a cost check rather than a recipe): 75/196 of the patches
+masked at random (FLAVA masks that share in blocks) and the images, mapped as FLAVA maps codebook pixels.
 
 FLOP matching: MoMo's tiny stage 3 is 160 steps of benchmarks/ablations.stage3_flops() (analytic training FLOPs of
 one step, every stream; 23.1 TFLOP in all, benchmarks/results/ablations_align_cpu2_2026-11-22.md; ``--match-tflop``
@@ -66,7 +72,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from bench_peers import FLAVA_IMAGE_MASK, FLAVA_TEXT_MASK, counted_flops, flava_inputs, scaled_flava_config  # noqa: E402
+from bench_peers import FLAVA_IMAGE_MASK, FLAVA_TEXT_MASK, counted_flops, scaled_flava_config  # noqa: E402
 from common import count_params, make_console, make_report, print_table, set_threads, write_json  # noqa: E402
 from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
 from momo_ds.data.rng import mix_seed  # noqa: E402
@@ -74,6 +80,8 @@ from momo_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 MOMO_STAGE3_TFLOP = 23.1  # 160 tiny stage-3 steps, benchmarks/results/ablations_align_cpu2_2026-11-22.md
 IGNORE = -100  # cross-entropy's ignore index, FlavaConfig.ce_ignore_index
+ITM_NEGATIVES = 0.1  # torchmultimodal's FLAVA VLDataModule: itm_probability
+LOGIT_LAPLACE_EPS = 0.1  # FLAVA's codebook input map
 NO_DECAY_SUFFIXES = ("embeddings.weight", "position_embeddings", "cls_token", "mask_token", "logit_scale")
 LOSS_TERMS = ("global_contrastive", "itm", "mmm_text", "mmm_image", "mlm")
 QUICK = dict(num=256, steps=4, batch=16, text_batch=16, workers=0)
@@ -120,22 +128,27 @@ def stage3_data(out: Path, seed: int, num: int, pair_batch: int, text_batch: int
 
 @dataclasses.dataclass
 class TextIds:
-    """The synthetic WordPiece's special ids FLAVA needs (momo_ds batches carry none)."""
+    """The synthetic WordPiece's special ids FLAVA needs (momo_ds batches carry none) and its size."""
 
     cls: int
     mask: int
     pad: int
+    vocab: int
+    first_word: int  # ids below it are special tokens: never drawn as MLM's random replacements
 
     @classmethod
     def load(cls, tokenizer_json: str) -> "TextIds":
         from tokenizers import Tokenizer
 
+        from momo_ds.data.text import SPECIAL_TOKENS
+
         tok = Tokenizer.from_file(tokenizer_json)
-        ids = {t: tok.token_to_id(t) for t in ("[CLS]", "[MASK]", "[PAD]")}
-        missing = [t for t, i in ids.items() if i is None]
+        special = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in special.items() if i is None]
         if missing:
             raise ValueError(f"{tokenizer_json}: no {', '.join(missing)} token")
-        return cls(ids["[CLS]"], ids["[MASK]"], ids["[PAD]"])
+        return cls(special["[CLS]"], special["[MASK]"], special["[PAD]"], tok.get_vocab_size(),
+                   max(special.values()) + 1)
 
 
 def with_cls(ids: Tensor, mask: Tensor, cls_id: int) -> tuple[Tensor, Tensor]:
@@ -145,47 +158,78 @@ def with_cls(ids: Tensor, mask: Tensor, cls_id: int) -> tuple[Tensor, Tensor]:
             torch.cat([mask.new_ones((b, 1)), mask], dim=1).long())
 
 
-def mlm_targets(ids: Tensor, mask: Tensor, mask_id: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """FLAVA's text masking: 15 % of the real tokens (at least one per text) become [MASK].
-    ids [B, L], mask [B, L] bool -> (masked ids [B, L], labels [B, L]: the ids there, IGNORE elsewhere)."""
+def mlm_targets(ids: Tensor, mask: Tensor, text: TextIds, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """FLAVA's text masking (BERT's, through transformers' MLM collators): 15 % of the real tokens are picked (at
+    least one per text, so that no batch is without targets); of those 80 % become [MASK], 10 % a random word and
+    10 % stay. ids [B, L], mask [B, L] bool -> (input ids [B, L], labels [B, L]: the ids where picked, else IGNORE)."""
     pick = (torch.rand(ids.shape, generator=gen) < FLAVA_TEXT_MASK) & mask
-    pick[:, 0] |= ~pick.any(dim=1)  # every text has a real first token
-    return torch.where(pick, torch.full_like(ids, mask_id), ids), torch.where(pick, ids, torch.full_like(ids, IGNORE))
+    pick[:, 0] |= ~pick.any(dim=1)
+    how = torch.rand(ids.shape, generator=gen)
+    random_words = torch.randint(text.first_word, max(text.first_word + 1, text.vocab), ids.shape, generator=gen)
+    masked = torch.where(pick & (how < 0.8), torch.full_like(ids, text.mask), ids)
+    masked = torch.where(pick & (how >= 0.8) & (how < 0.9), random_words, masked)
+    return masked, torch.where(pick, ids, torch.full_like(ids, IGNORE))
+
+
+def itm_negatives(ids: Tensor, mask: Tensor, rate: float, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """FLAVA's ITM sampling (torchmultimodal's VLTransform: with probability ``itm_probability``, 0.1 in its
+    VLDataModule, a pair's caption is replaced by another sample's): the picked rows pass their captions round
+    among themselves in a random cycle, so no caption is in the batch twice (the contrastive loss, which keeps
+    every caption as a candidate, meets no copy of a positive's caption). A drawn caption token-identical to the
+    row's own (templated captions repeat) still matches: label 1.
+    ids [B, L], mask [B, L] -> (ids, mask, itm_labels [B] int64: 1 = match)."""
+    b = ids.shape[0]
+    picked = torch.nonzero(torch.rand(b, generator=gen) < rate).flatten()
+    source = torch.arange(b)
+    if picked.numel() >= 2:  # one row alone has no other caption to take
+        cycle = picked[torch.randperm(picked.numel(), generator=gen)]
+        source[cycle] = cycle.roll(1)
+    new_ids, new_mask = ids[source], mask[source]
+    same = (new_ids == ids).all(dim=1) & (new_mask == mask).all(dim=1)  # unpicked rows: their own caption
+    return new_ids, new_mask, same.long()
+
+
+def random_patch_mask(b: int, n: int, gen: torch.Generator) -> Tensor:
+    """[B, N] bool: FLAVA_IMAGE_MASK of each image's patches, uniformly at random (FLAVA masks blocks)."""
+    k = max(1, round(FLAVA_IMAGE_MASK * n))
+    order = torch.rand(b, n, generator=gen).argsort(dim=1)
+    return torch.zeros(b, n, dtype=torch.bool).scatter_(1, order[:, :k], True)
 
 
 def codebook_pixels(images: Tensor, size: int) -> Tensor:
-    """ImageNet-normalised images [B, 3, H, W] -> [0, 1] pixels [B, 3, size, size] for the image codebook."""
+    """ImageNet-normalised images [B, 3, H, W] -> the codebook's input [B, 3, size, size]: [0, 1] pixels through
+    FLAVA's logit-Laplace map (x * 0.8 + 0.1)."""
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    px = (images * std + mean).clamp(0, 1)
-    return F.interpolate(px, size=(size, size), mode="bilinear", align_corners=False)
+    px = F.interpolate((images * std + mean).clamp(0, 1), size=(size, size), mode="bilinear", align_corners=False)
+    return px * (1 - 2 * LOGIT_LAPLACE_EPS) + LOGIT_LAPLACE_EPS
 
 
-def pair_inputs(batch, grid: int, codebook_px: int, vocab: int, ids: TextIds, gen: torch.Generator,
+def pair_inputs(batch, grid: int, codebook_px: int, text: TextIds, gen: torch.Generator, itm_rate: float,
                 with_codebook: bool) -> dict:
-    """A PairBatch -> FlavaForPreTraining.forward's keyword arguments: bench_peers.flava_inputs (ITM labels with half
-    the captions rolled, 15 % text masking, FLAVA's image mask), with the synthetic [MASK] id and [CLS], and
-    without a codebook all-ignored MIM labels on unmasked images (see the module docstring)."""
-    x = flava_inputs(batch.image.images, batch.text.full_ids, batch.text.full_mask, grid, codebook_px, vocab, gen)
-    picked = x["mlm_labels"] != IGNORE
-    x["input_ids_masked"] = torch.where(picked, torch.full_like(x["input_ids"], ids.mask), x["input_ids"])
-    x["input_ids_masked"] = with_cls(x["input_ids_masked"], x["attention_mask"], ids.cls)[0]
-    x["input_ids"], x["attention_mask"] = with_cls(x["input_ids"], x["attention_mask"], ids.cls)
-    x["mlm_labels"] = F.pad(x["mlm_labels"], (1, 0), value=IGNORE)
+    """A PairBatch -> FlavaForPreTraining.forward's keyword arguments for contrastive + ITM + MMM-text (and
+    MMM-image with a codebook; without one, all-ignored MIM labels on unmasked images: see the module docstring)."""
+    images, b = batch.image.images, batch.batch_size
+    ids, mask, itm = itm_negatives(batch.text.full_ids, batch.text.full_mask, itm_rate, gen)
+    masked, labels = mlm_targets(ids, mask, text, gen)
+    ids, attention = with_cls(ids, mask, text.cls)
+    x = {"input_ids": ids, "input_ids_masked": with_cls(masked, mask, text.cls)[0], "attention_mask": attention,
+         "mlm_labels": F.pad(labels, (1, 0), value=IGNORE), "pixel_values": images, "itm_labels": itm,
+         "return_loss": True}
     if with_codebook:
-        x["codebook_pixel_values"] = codebook_pixels(batch.image.images, codebook_px)
+        x["bool_masked_pos"] = random_patch_mask(b, grid * grid, gen)
+        x["codebook_pixel_values"] = codebook_pixels(images, codebook_px)
     else:
-        del x["codebook_pixel_values"]
-        x["bool_masked_pos"] = torch.zeros_like(x["bool_masked_pos"])
-        x["mim_labels"] = torch.full(x["bool_masked_pos"].shape, IGNORE, dtype=torch.long)
+        x["bool_masked_pos"] = torch.zeros(b, grid * grid, dtype=torch.bool)
+        x["mim_labels"] = torch.full((b, grid * grid), IGNORE, dtype=torch.long)
     return x
 
 
-def text_inputs(batch, ids: TextIds, gen: torch.Generator) -> dict:
+def text_inputs(batch, text: TextIds, gen: torch.Generator) -> dict:
     """A TextBatch -> keyword arguments of a text-only MLM forward (no input_ids: the unmasked pass has nothing to
     encode, no pixels: no contrastive, ITM or multimodal encoder)."""
-    masked, labels = mlm_targets(batch.full_ids, batch.full_mask, ids.mask, gen)
-    masked, attention = with_cls(masked, batch.full_mask, ids.cls)
+    masked, labels = mlm_targets(batch.full_ids, batch.full_mask, text, gen)
+    masked, attention = with_cls(masked, batch.full_mask, text.cls)
     return {"input_ids_masked": masked, "attention_mask": attention, "return_loss": True,
             "mlm_labels": F.pad(labels, (1, 0), value=IGNORE)}
 
@@ -235,8 +279,8 @@ def step_losses(flava, inputs: dict[str, dict]) -> tuple[Tensor, dict[str, float
     for x in inputs.values():
         out = flava(**x)
         total = total + out.loss
-        terms.update({k: float(v) for k, v in out.loss_info.items() if v is not None})
-    terms["loss"] = float(total)
+        terms.update({k: float(v.detach()) for k, v in out.loss_info.items() if v is not None})
+    terms["loss"] = float(total.detach())
     return total, terms
 
 
@@ -303,7 +347,7 @@ def run_seed(seed: int, args, target: float, console) -> dict:
     loader = build_stage_loader(data, tokenizer=load_tokenizer(info.tokenizer), patch_size=mcfg.patch_size)
 
     def inputs_of(batches: dict) -> dict[str, dict]:
-        return {name: pair_inputs(b, grid, codebook_px, mcfg.vocab_size, ids, gen, args.with_codebook)
+        return {name: pair_inputs(b, grid, codebook_px, ids, gen, args.itm_negatives, args.with_codebook)
                 if name == "pair" else text_inputs(b, ids, gen) for name, b in batches.items()}
 
     first = inputs_of(loader.next())
@@ -313,7 +357,7 @@ def run_seed(seed: int, args, target: float, console) -> dict:
     steps = args.steps or matched
     opt, sched, train_cfg = build_optimizer(flava, recipe.train, steps, args.lr)
     params = [p for p in flava.parameters() if p.requires_grad]
-    console.print(f"[seed {seed}] FLAVA {count_params(flava, True) / 1e6:.2f}M trainable params, "
+    console.print(f"seed {seed}: FLAVA {count_params(flava, True) / 1e6:.2f}M trainable params, "
                   f"{step_flops / 1e9:.1f} GFLOP/step (counted) -> {matched} FLOP-matched steps; training {steps}")
     history, window_t, window_n = [], time.perf_counter(), 0
     t_train = time.perf_counter()
@@ -333,7 +377,7 @@ def run_seed(seed: int, args, target: float, console) -> dict:
         if (step + 1) % args.log_every == 0 or step + 1 == steps:
             rate = window_n / (time.perf_counter() - window_t)
             shown = " ".join(f"{k} {terms[k]:.3f}" for k in (*LOSS_TERMS, "loss") if k in terms)
-            console.print(f"[seed {seed}] step {step + 1}/{steps} {shown} lr {terms['lr']:.2e} {rate:.1f} pairs/s",
+            console.print(f"seed {seed}: step {step + 1}/{steps} {shown} lr {terms['lr']:.2e} {rate:.1f} pairs/s",
                           highlight=False)
             window_t, window_n = time.perf_counter(), 0
     train_s = time.perf_counter() - t_train
@@ -350,7 +394,7 @@ def run_seed(seed: int, args, target: float, console) -> dict:
            "retrieval": ret, "itm": itm or None, "first_losses": history[0], "final_losses": history[-1],
            "history": history[:: max(1, args.log_every // 2)] + history[-1:],
            "params_trainable": count_params(flava, True), "eval_pairs": ret["texts"]}
-    console.print(f"[seed {seed}] R@1 TR/IR {row['tr_r1']:.1f}/{row['ir_r1']:.1f}, R@10 TR/IR "
+    console.print(f"seed {seed}: R@1 TR/IR {row['tr_r1']:.1f}/{row['ir_r1']:.1f}, R@10 TR/IR "
                   f"{row['tr_r10']:.1f}/{row['ir_r10']:.1f} ({ret['images']:.0f} images), ITM random "
                   f"{row['itm_random_bacc']}, {row['wall_s']:.0f} s", highlight=False)
     return row
@@ -378,6 +422,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64, help="pairs per step (the recipe's 64)")
     p.add_argument("--text-batch", type=int, default=64, help="texts per step (the recipe's 64; 0: no text MLM)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1e-3)")
+    p.add_argument("--itm-negatives", type=float, default=ITM_NEGATIVES,
+                   help="share of pairs whose caption is swapped for ITM (FLAVA's itm_probability)")
     p.add_argument("--with-codebook", action="store_true",
                    help="MMM-image with a random-init codebook (off: no MIM/MMM-image, see the docstring)")
     p.add_argument("--no-itm", action="store_true", help="skip the held-out ITM evaluation")

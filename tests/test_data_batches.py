@@ -144,3 +144,43 @@ def test_eval_loader_split_across_ranks(data):
                                    batch_size=7, rank=rank, world_size=2, num_workers=2)
         seen.append([int(v) for b in loader for v in b.labels])
     assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(24))
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_benchmark_batches_are_shaped_and_masked_as_loader_batches(data, stage):
+    """benchmarks/common.synthetic_batch builds a stream's batch without a dataset; it must mask as the loader
+    does (the same patch counts, align patches and per-text token counts), or benchmarks time other batches."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import synthetic_batch
+
+    from momo_ds.config import load_recipe, packaged_recipe
+    from momo_ds.model import resolve_config
+
+    recipe = load_recipe(packaged_recipe("tiny", stage))
+    streams = list(recipe.data.streams)
+    if stage == 3:
+        streams.append(dataclasses.replace(next(s for s in streams if s.kind == "pair"), name="pair50",
+                                           align_mask_ratio=0.5))
+    cfg = resolve_config("tiny", img_size=IMG, patch_size=PATCH, vocab_size=data["tok"].vocab_size)
+    for s in streams:
+        s = dataclasses.replace(s, shards=list(data[s.kind]), batch_size=6, max_text_len=16)
+        with build_stage_loader(DataConfig(streams=[s], image_size=IMG, num_workers=0, shuffle_buffer=4),
+                                tokenizer=data["tok"], patch_size=PATCH) as loader:
+            got = loader.next()[s.name]
+        ours = synthetic_batch(cfg, s, torch.Generator().manual_seed(0))
+        assert type(got) is type(ours), s.name
+        images = [(got, ours)] if s.kind == "image" else [(got.image, ours.image)] if s.kind == "pair" else []
+        texts = [(got, ours)] if s.kind == "text" else [(got.text, ours.text)] if s.kind == "pair" else []
+        for a, b in images:
+            assert a.patch_keep.shape == b.patch_keep.shape and a.patch_masked.shape == b.patch_masked.shape
+        for a, b in texts:
+            for t in (a, b):
+                assert torch.equal(t.masked_valid.sum(1), num_masked_tokens(t.full_mask.sum(1), s.text_mask_ratio))
+        if s.kind == "pair":
+            assert (got.align_keep is None) == (ours.align_keep is None) == (s.align_mask_ratio is None)
+            if got.align_keep is not None:
+                assert got.align_keep.shape == ours.align_keep.shape

@@ -13,7 +13,9 @@ import torch
 
 from momo_ds.batch import ImageBatch, PairBatch, TextBatch
 from momo_ds.config import ALIGN_INPUTS, ConfigError, ModelConfig, model_preset
-from momo_ds.model import build_model, mask_images, mask_pairs, mask_text, random_patch_masks
+from momo_ds.data.collate import mask_images, mask_pairs, mask_text
+from momo_ds.data.masking import draw_patch_masks, num_masked_tokens
+from momo_ds.model import build_model
 from momo_ds.model.embeddings import sincos_2d
 
 torch.set_num_threads(1)
@@ -40,7 +42,7 @@ def _batches(b: int = 4, seed: int = 0, cfg: ModelConfig | None = None):
     images = torch.randn(b, 3, cfg.img_size, cfg.img_size, generator=gen)
     ids, mask = _texts(b, 12, cfg.vocab_size, gen)
     return (mask_images(images, cfg.patch_size, 0.75, generator=gen), mask_text(ids, mask, 0.15, generator=gen),
-            mask_pairs(images, ids, mask, cfg.patch_size, generator=gen))
+            mask_pairs(images, ids, mask, cfg.patch_size, 0.75, 0.75, generator=gen))
 
 
 ALL_PAIR = {"cmm": 1.0, "itc": 0.5, "itm": 0.25}
@@ -98,7 +100,7 @@ def test_sincos_matches_mae_formula():
 # -------------------------------------------------------------------------------------------- visible-only encoding
 def test_first_block_sees_only_visible_image_tokens():
     model = build_model("base", depth=1, decoder_depth=1, decoders=["mim"])
-    keep, masked = random_patch_masks(2, 196, 0.75, generator=_seed())
+    keep, masked = draw_patch_masks(2, 196, 0.75, _seed())
     assert keep.shape == (2, 49) and masked.shape == (2, 147)
     seen = []
     model.encoder.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
@@ -113,7 +115,7 @@ def test_first_block_sees_only_visible_text_tokens():
     gen = _seed()
     ids, mask = _texts(4, 20, 512, gen, min_len=6)
     tb = mask_text(ids, mask, 0.3, generator=gen)
-    visible = (mask.sum(1) - (mask.sum(1).double() * 0.3).round().long())
+    visible = mask.sum(1) - num_masked_tokens(mask.sum(1), 0.3)
     assert torch.equal(tb.attention_mask.sum(1), visible)
     seen = []
     model.encoder.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
@@ -433,7 +435,7 @@ def test_bad_inputs_raise_one_line_value_errors():
     _one_line_error(lambda: model.text_features(torch.zeros(2, 0, dtype=torch.long)), "empty text")
     _one_line_error(lambda: model.encode_text(torch.ones(1, 65, dtype=torch.long)), "max_text_len")
     for ratio in (-0.1, 1.0, 1.5):
-        _one_line_error(lambda: random_patch_masks(2, 64, ratio), "outside [0, 1)", str(ratio))
+        _one_line_error(lambda: draw_patch_masks(2, 64, ratio), "outside [0, 1)", str(ratio))
         _one_line_error(lambda: mask_text(tb.full_ids, tb.full_mask, ratio), "outside [0, 1)")
     _one_line_error(lambda: model(ib, {"mlm": 1.0}), "not valid for image batches")
     _one_line_error(lambda: model(pb, {}), "empty")
@@ -501,7 +503,7 @@ def test_masking_helpers_follow_the_batch_contract():
         assert tb.input_ids[i][tb.attention_mask[i]].tolist() == ids[i, vis].tolist()
         assert tb.masked_ids[i][tb.masked_valid[i]].tolist() == ids[i, msk].tolist()
     assert (tb.input_ids[~tb.attention_mask] == 0).all() and (tb.positions[~tb.attention_mask] == 0).all()
-    keep, masked = random_patch_masks(3, 64, 0.75, generator=gen)
+    keep, masked = draw_patch_masks(3, 64, 0.75, gen)
     assert torch.equal(torch.cat([keep, masked], 1).sort(1).values, torch.arange(64).expand(3, 64))
     zero = mask_text(ids, mask, 0.0)
     assert zero.masked_ids.shape == (5, 0) and torch.equal(zero.attention_mask, mask)

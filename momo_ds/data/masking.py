@@ -10,18 +10,26 @@ removed from the encoder input (MAE-style), so there is no BERT 80/10/10 replace
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
 
+def check_mask_ratio(ratio: float, name: str = "mask_ratio") -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"{name}={ratio} is outside [0, 1)")
+
+
 def num_masked_patches(num_patches: int, ratio: float) -> int:
+    check_mask_ratio(ratio)
     if ratio <= 0:
         return 0
     return min(num_patches - 1, int(ratio * num_patches + 0.5))
 
 
 def draw_patch_masks(batch_size: int, num_patches: int, ratio: float,
-                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                     generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
     """Returns (patch_keep [B, Nk], patch_masked [B, Nm]) int64, each row sorted ascending."""
     nm = num_masked_patches(num_patches, ratio)
     nk = num_patches - nm
@@ -36,6 +44,7 @@ def draw_patch_masks(batch_size: int, num_patches: int, ratio: float,
 
 def num_masked_tokens(lengths: Tensor, ratio: float) -> Tensor:
     """lengths [B] int64 → masked-token counts [B] int64 (rule in the module docstring)."""
+    check_mask_ratio(ratio)
     if ratio <= 0:
         return torch.zeros_like(lengths)
     m = torch.floor(lengths.to(torch.float64) * ratio + 0.5).to(torch.long)
@@ -44,7 +53,7 @@ def num_masked_tokens(lengths: Tensor, ratio: float) -> Tensor:
     return m.clamp_(min=0)
 
 
-def draw_text_masks(lengths: Tensor, ratio: float, generator: torch.Generator) -> Tensor:
+def draw_text_masks(lengths: Tensor, ratio: float, generator: Optional[torch.Generator] = None) -> Tensor:
     """lengths [B] → masked [B, L] bool (L = max length); exactly num_masked_tokens(lengths) True per row."""
     b = lengths.shape[0]
     width = int(lengths.max()) if b else 0

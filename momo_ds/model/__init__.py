@@ -10,7 +10,6 @@ from typing import Union
 from momo_ds.config import ModelConfig
 from momo_ds.model.export import (export_state_dict, from_timm_state_dict, resolve_config, timm_model_for,
                                    to_timm_state_dict)
-from momo_ds.model.masking import mask_images, mask_pairs, mask_text, random_patch_masks
 from momo_ds.model.momo import OBJECTIVE_TERMS, MoMo
 
 
@@ -23,4 +22,4 @@ def build_model(preset_or_config: Union[str, ModelConfig] = "tiny", **overrides)
 
 
 __all__ = ["build_model", "MoMo", "OBJECTIVE_TERMS", "resolve_config", "export_state_dict", "to_timm_state_dict",
-           "timm_model_for", "from_timm_state_dict", "random_patch_masks", "mask_images", "mask_text", "mask_pairs"]
+           "timm_model_for", "from_timm_state_dict"]

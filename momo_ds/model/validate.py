@@ -93,11 +93,6 @@ def check_masked_text(positions: Tensor, ids: Tensor, valid: Tensor, batch: int,
         ])
 
 
-def check_mask_ratio(ratio: float, name: str = "mask_ratio") -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{name}={ratio} is outside [0, 1)")
-
-
 def check_same_batch(*sizes: Optional[int]) -> None:
     real = [s for s in sizes if s is not None]
     if len(set(real)) > 1:
