@@ -12,7 +12,7 @@ Metrics: linear-probe top-1 on held-out images (16 classes; chance printed besid
 --study align (what contrastive and ITM see, and how many joint sequences ITM encodes): from one shared stage-2
 checkpoint, stage 3 is trained with each variant of ALIGN_VARIANTS at the same number of steps, and the cheaper
 ones again at the same training FLOPs as ``full`` (steps scaled by the analytic FLOP ratio of a whole stage-3
-step, benchmarks/common.training_flops; ``--flop-matched`` names which). Metrics: held-out retrieval R@1/R@10
+step, momo_ds.model.flops.training_flops; ``--flop-matched`` names which). Metrics: held-out retrieval R@1/R@10
 in both directions, held-out ITM balanced accuracy (positives vs random and vs hard negatives) and the probe.
 
     python benchmarks/ablations.py --study stage2 --json out/ablations.json [--seeds 0 1] [--quick]
@@ -109,7 +109,9 @@ def stage3_flops(sets: list[str] = ()) -> float:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from common import synthetic_batch, training_flops
+    from common import synthetic_batch
+
+    from momo_ds.model.flops import training_flops
 
     from momo_ds.config import load_recipe, packaged_recipe
     from momo_ds.model import resolve_config

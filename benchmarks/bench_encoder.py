@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from common import (MomoFlops, device_peak, make_console, make_report, pick_device, print_table,  # noqa: E402
-                    set_threads, synthetic_batch, time_interleaved, train_dtype, training_flops, write_json)
+from common import (device_peak, make_console, make_report, pick_device, print_table,  # noqa: E402
+                    set_threads, synthetic_batch, time_interleaved, train_dtype, write_json)
+from momo_ds.model.flops import MomoFlops, training_flops  # noqa: E402
 from momo_ds.batch import ImageBatch, PairBatch, TextBatch  # noqa: E402
 from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
 from momo_ds.engine.cmga import cast_floats  # noqa: E402

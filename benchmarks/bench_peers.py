@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import (count_params, make_console, make_report, pick_device, print_table, set_threads,  # noqa: E402
-                    synthetic_batch, time_interleaved, train_dtype, training_flops, write_json)
+                    synthetic_batch, time_interleaved, train_dtype, write_json)
+from momo_ds.model.flops import training_flops  # noqa: E402
 from ablations import ALIGN_VARIANTS, parse_variant  # noqa: E402
 from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
 from momo_ds.data.masking import draw_patch_masks  # noqa: E402

@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from common import (build_cmga, device_peak, ds_config_for, init_distributed, local_device,  # noqa: E402
                     make_console, make_report, print_table, quiet_deepspeed, relaunch_under_torchrun, set_threads,
-                    sync, synthetic_batch, training_flops, under_torchrun, write_json)
+                    sync, synthetic_batch, under_torchrun, write_json)
+from momo_ds.model.flops import training_flops  # noqa: E402
 from momo_ds import distributed as mdist  # noqa: E402
 from momo_ds.config import ALIGN_INPUTS, load_recipe, packaged_recipe  # noqa: E402
 

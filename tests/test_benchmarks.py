@@ -81,7 +81,9 @@ def test_training_flops_match_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from common import synthetic_batch, training_flops
+    from common import synthetic_batch
+
+    from momo_ds.model.flops import training_flops
 
     from momo_ds.config import ALIGN_INPUTS, StreamConfig
     from momo_ds.model import build_model

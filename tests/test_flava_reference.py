@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -94,10 +95,10 @@ def test_mlm_targets_mask_real_tokens_only():
 
 
 def test_pair_inputs_without_codebook_ignore_mim():
-    from momo_ds.model.masking import mask_pairs
-
     ids, mask = _texts(8)
-    batch = mask_pairs(torch.randn(8, 3, 32, 32), ids, mask, 4, 0.0, 0.0, 0, torch.Generator().manual_seed(0))
+    # the PairBatch fields pair_inputs reads
+    batch = SimpleNamespace(image=SimpleNamespace(images=torch.randn(8, 3, 32, 32)),
+                            text=SimpleNamespace(full_ids=ids, full_mask=mask), batch_size=8)
     text = fr.TextIds(cls=2, mask=4, pad=0, vocab=90, first_word=5)
     x = fr.pair_inputs(batch, 8, 64, text, torch.Generator().manual_seed(0), 0.5, with_codebook=False)
     assert "codebook_pixel_values" not in x and not x["bool_masked_pos"].any()
