@@ -101,3 +101,24 @@ def test_from_timm_inverts_to_timm():
     learned = dict(timm_state, pos_embed=torch.randn_like(timm_state["pos_embed"]))
     with pytest.raises(ValueError, match="sin-cos"):
         from_timm_state_dict(learned, model.cfg)
+
+
+def test_every_weight_belongs_to_one_named_part():
+    from momo_ds.model.parts import PARTS, load_parts, part_of, select
+
+    model = build_model("tiny", depth=2, decoder_depth=1, decoders=["mim", "mlm", "cmm"])
+    state = model.state_dict()
+    assert {part_of(k) for k in state} == set(PARTS)
+    assert "lm_head.weight" in state and "lm_head.weight" not in select(state, PARTS)  # tied: stored once
+    dst = build_model("tiny", depth=2, decoder_depth=1, decoders=["mim", "mlm", "cmm"])
+    load_parts(dst, state, required=PARTS)
+    assert dst.lm_head.weight is dst.text_embed.token_embed.weight
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in state.items())
+    half_head = {k: v for k, v in state.items() if k != "itm_head.bias"}
+    with pytest.raises(ValueError, match=r"missing \['itm_head.bias'\]"):
+        load_parts(dst, half_head, required=("encoder",), optional=("itm_head",), ignore=("contrastive", "lm_head",
+                                                                                         "decoders"))
+    with pytest.raises(ValueError, match=r"unexpected \['stray.weight'\]"):
+        load_parts(dst, {**state, "stray.weight": torch.zeros(1)}, required=PARTS)
+    with pytest.raises(ValueError, match="unexpected"):  # decoders not asked for and not ignored
+        load_parts(dst, state, required=("encoder", "contrastive", "itm_head", "lm_head"))

@@ -26,7 +26,6 @@ from safetensors.torch import load_file, save_file
 from momo_ds import distributed as mdist
 
 LATEST = "latest"
-DECODER_PREFIXES = ("decoders.", "decoder.")
 
 
 def tag_for(step: int) -> str:
@@ -127,19 +126,6 @@ def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-
-
-def without_decoders(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Encoder and shared heads: no decoder weights, and tied weights stored once (the token embedding is
-    kept; the LM head is re-tied to it on load)."""
-    out, seen = {}, set()
-    for k in sorted(state, key=lambda k: k.startswith("lm_head.")):
-        v = state[k]
-        if k.startswith(DECODER_PREFIXES) or (v.untyped_storage().data_ptr(), v.storage_offset()) in seen:
-            continue
-        seen.add((v.untyped_storage().data_ptr(), v.storage_offset()))
-        out[k] = v
-    return out
 
 
 def tokenizer_file(encoder: Path) -> Path:

@@ -161,12 +161,12 @@ def run(args: argparse.Namespace) -> list:
         result = runner.train()
         state = runner.fp32_weights()
         if mdist.is_main_process():
-            from momo_ds.engine.checkpoint import without_decoders
+            from momo_ds.model.parts import NEXT_STAGE_PARTS, select
 
             meta = {"stage": recipe.stage, "preset": recipe.preset, "model": _model_dict(runner.model_cfg),
                     "tokenizer": recipe.data.tokenizer, "steps": runner.step}
             result.encoder = str(runner.export(state, meta))
-            shared = {k: v.contiguous() for k, v in without_decoders(state).items()}
+            shared = {k: v.contiguous() for k, v in select(state, NEXT_STAGE_PARTS).items()}
             tmp = stage_dir / f".{SHARED_WEIGHTS}.tmp"
             save_file(shared, str(tmp))
             os.replace(tmp, stage_dir / SHARED_WEIGHTS)

@@ -21,6 +21,7 @@ from momo_ds.engine.cmga import CMGAStep, accumulate
 from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, zero_stage
 from momo_ds.engine.metrics import MetricsWriter, StageConsole
 from momo_ds.engine.optim import build_optimizer, build_scheduler
+from momo_ds.model import parts
 
 FAULT_ENV = "MOMO_FAULT_AT_STEP"  # tests: raise after this optimizer step, as if the job were killed
 
@@ -92,26 +93,13 @@ def init_from_mae(model: torch.nn.Module, path: str) -> None:
 
 
 def init_from_previous(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load encoder and shared heads from fp32 weights; decoders stay fresh. Unexpected keys are an error."""
-    state = ckpt.without_decoders(state)
-    unexpected = sorted(set(state) - set(model.state_dict()))
-    if unexpected:
-        raise RuntimeError(f"initialising from {source}: unexpected weights {unexpected[:5]} (model config mismatch?)")
-    missing, _ = model.load_state_dict(state, strict=False)
-    not_fresh = [k for k in missing if not k.startswith(ckpt.DECODER_PREFIXES) and not _tied_or_head(k)]
-    if not_fresh:
-        raise RuntimeError(f"initialising from {source}: weights missing for {not_fresh[:5]}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-
-
-FRESH_HEAD_PREFIXES = ("lm_head.", "itm_head.", "image_proj.", "text_proj.", "logit_scale")
-
-
-def _tied_or_head(key: str) -> bool:
-    """The tied LM head (stored once, under the token embedding) and heads a previous stage may not have trained;
-    they start fresh like decoders. Matched by prefix: an encoder key such as ``attn.proj`` is never excused."""
-    return key.startswith(FRESH_HEAD_PREFIXES)
+    """Load the encoder, and the heads the previous stage has, from its fp32 weights; decoders start fresh.
+    Unexpected or missing encoder weights are an error (a model config mismatch)."""
+    try:
+        parts.load_parts(model, state, required=("encoder",), optional=("contrastive", "itm_head", "lm_head"),
+                         ignore=("decoders",))
+    except ValueError as e:
+        raise RuntimeError(f"initialising from {source}: {e} (model config mismatch?)") from None
 
 
 def align_full_from(train: TrainConfig) -> Optional[int]:
@@ -291,12 +279,11 @@ class StageRunner:
         from momo_ds.model import build_model
 
         model = build_model(self.model_cfg)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not _tied_or_head(k)] + list(unexpected)
-        if bad:
-            raise RuntimeError(f"export: checkpoint and model disagree on {bad[:5]}")
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
+        try:
+            parts.load_parts(model, state, required=("encoder", "contrastive", "itm_head", "decoders"),
+                             optional=("lm_head",))
+        except ValueError as e:
+            raise RuntimeError(f"export: checkpoint and model disagree: {e}") from None
         return ckpt.export_encoder(model, self.stage_dir / "encoder.safetensors", meta, tokenizer=self.tokenizer)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     """Build the model from the export's recorded config and load its weights; one-line errors on mismatch."""
     from momo_ds.model import build_model
     from momo_ds.model.export import has_itm_head
+    from momo_ds.model.parts import has_part
 
     path = Path(path)
     if not path.is_file():
@@ -51,7 +52,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Loaded
         k = wrong[0]
         raise ValueError(f"encoder/config mismatch: {k} has shape {tuple(state[k].shape)} in {path.name} but "
                          f"{shapes[k]} in the recorded config")
-    heads = any(k.startswith("image_proj.") for k in state)
+    heads = has_part(state, "contrastive")
     try:
         model.load_exported(state, heads=heads)
     except ValueError as e:

@@ -18,15 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from momo_ds.config import ModelConfig, from_dict, model_preset
+from momo_ds.model import parts
 from momo_ds.model.embeddings import sincos_2d
 
 if TYPE_CHECKING:
     from momo_ds.model.momo import MoMo
-
-ENCODER_PREFIXES = ("cls_token", "image_embed.", "text_embed.", "type_embed.", "encoder.")
-ITM_HEAD_PREFIX = "itm_head."
-HEAD_PREFIXES = ("image_proj.", "text_proj.", "logit_scale", ITM_HEAD_PREFIX)
-
 
 def resolve_config(preset_or_config: Union[str, ModelConfig], **overrides) -> ModelConfig:
     """A validated ModelConfig from a preset name or a ModelConfig, with keyword overrides (unknown key = error)."""
@@ -40,13 +36,12 @@ def resolve_config(preset_or_config: Union[str, ModelConfig], **overrides) -> Mo
 
 def export_state_dict(model: "MoMo", heads: bool = True) -> dict[str, Tensor]:
     """The exported subset of ``model.state_dict()`` (tensors share storage with the model)."""
-    prefixes = ENCODER_PREFIXES + (HEAD_PREFIXES if heads else ())
-    return {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    return parts.select(model.state_dict(), parts.EXPORT_PARTS if heads else ("encoder",))
 
 
 def has_itm_head(state: dict[str, Tensor]) -> bool:
     """Whether an export carries the ITM head (exports written before it was exported do not)."""
-    return any(k.startswith(ITM_HEAD_PREFIX) for k in state)
+    return parts.has_part(state, "itm_head")
 
 
 def load_exported(model: "MoMo", state: dict[str, Tensor], heads: bool = True) -> None:
@@ -54,17 +49,12 @@ def load_exported(model: "MoMo", state: dict[str, Tensor], heads: bool = True) -
 
     The one exception: an export with no ITM head at all (written before it was exported) loads, and the model
     keeps its own head; callers that need a trained one check :func:`has_itm_head`. A partial head is an error.
+    ``heads=False`` loads the encoder alone and leaves the export's heads unread.
     """
-    want = export_state_dict(model, heads)
-    if not has_itm_head(state):
-        want = {k: v for k, v in want.items() if not k.startswith(ITM_HEAD_PREFIX)}
-    missing = sorted(set(want) - set(state))
-    unexpected = sorted(k for k in state if k not in want and not (not heads and k.startswith(HEAD_PREFIXES)))
-    if missing or unexpected:
-        raise ValueError(f"exported state dict does not match the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    model.load_state_dict({k: state[k] for k in want}, strict=False)
-    model.tie_weights()
+    if heads:
+        parts.load_parts(model, state, required=("encoder", "contrastive"), optional=("itm_head",))
+    else:
+        parts.load_parts(model, state, required=("encoder",), ignore=("contrastive", "itm_head"))
 
 
 def to_timm_state_dict(exported: dict[str, Tensor],
