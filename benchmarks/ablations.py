@@ -173,8 +173,12 @@ def align_study(seed: int, args, common: list[str]) -> list[dict]:
         vdir = out / name
         _shared_data(vdir, out / "data")
         print(f"[ablations] seed {seed}: stage 3 {variant} ({steps} steps)", flush=True)
-        done = pretrain(vdir, 3, steps, [*common, f"train.init_from={init}", *ALIGN_VARIANTS[variant]],
-                        out / f"{name}.log")
+        finished = vdir / "stage3" / "DONE.json"
+        if finished.is_file():  # a study started again reuses the runs it finished (same command, same result)
+            done = {**json.loads(finished.read_text()), "run_s": None}
+        else:
+            done = pretrain(vdir, 3, steps, [*common, f"train.init_from={init}", *ALIGN_VARIANTS[variant]],
+                            out / f"{name}.log")
         final = done["final"]
         rows.append({"seed": seed, "variant": variant, "steps": steps, "wall_s": round(done["wall_s"], 1),
                      "step_gflop": round(flops[variant] / 1e9, 2), "train_tflop": round(steps * flops[variant] / 1e12, 2),

@@ -120,10 +120,6 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, wa
     return {n: Timing(t) for n, t in times.items()}
 
 
-def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repeats: int = 3) -> Timing:
-    return time_interleaved({"fn": fn}, device, warmup, repeats)["fn"]
-
-
 # ----------------------------------------------------------------------------------------------------- peaks
 def cpu_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
     """Measured FLOP/s of an n x n matmul on this CPU with the current thread count (best of ``repeats``: a peak,

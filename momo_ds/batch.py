@@ -15,7 +15,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 

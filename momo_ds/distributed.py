@@ -119,16 +119,6 @@ def all_reduce_mean(values: Tensor) -> Tensor:
     return values / dist.get_world_size()
 
 
-def all_reduce_sum_int(counts: dict[str, int], device: Optional[torch.device] = None) -> dict[str, int]:
-    """Sum integer counters (same keys on every rank, in sorted order) over ranks."""
-    if not counts or not is_initialized() or dist.get_world_size() == 1:
-        return dict(counts)
-    keys = sorted(counts)
-    t = torch.tensor([counts[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return {k: int(v) for k, v in zip(keys, t.tolist())}
-
-
 def broadcast_object(obj, src: int = 0):
     """Broadcast a picklable object this process built itself (never data from files) from ``src``."""
     if not is_initialized() or dist.get_world_size() == 1:

@@ -183,9 +183,6 @@ class SyntheticInfo:
     tokenizer: str
     vocab_size: int
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def _write_split(directory: Path, split: str, kind: str, n: int, num_shards: int, image_size: int,
                  seed: int) -> tuple[str, list[str]]:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from momo_ds import distributed as mdist
 
@@ -153,13 +153,3 @@ def export_encoder(model_fp32, path: Path, meta: dict[str, Any], tokenizer=None)
     os.replace(tmp, path)
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
     return path
-
-
-def load_encoder_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an exported encoder (safetensors) and its JSON metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder file not found: {path}")
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return load_file(str(path)), meta

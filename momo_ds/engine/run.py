@@ -94,7 +94,8 @@ def prepare_data(recipe: RecipeConfig, out: Path):
     return info
 
 
-def check_shards(recipe: RecipeConfig) -> None:
+def require_shards(recipe: RecipeConfig) -> None:
+    """Every stream names shards (the real-data path; synthetic data is off)."""
     for s in recipe.data.streams:
         if not s.shards:
             raise ConfigError(f"stage {recipe.stage}, stream {s.name!r} ({s.kind}): no shards given "
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> list:
             say(f"--resume: no checkpoint of stage {recipe.stage} in {stage_dir / 'checkpoints'}; starting it "
                 f"from step 0")
         info = prepare_data(recipe, out) or info
-        check_shards(recipe)
+        require_shards(recipe)
         check_streams(recipe.data)  # every local shard exists: fail before loading anything
         tokenizer = load_tokenizer(recipe.data.tokenizer)
         # the tiny preset's table is sized for the synthetic vocabulary's cap (512), not for what it fills

@@ -12,7 +12,7 @@ from momo_ds.eval.metrics import accuracy
 
 
 @torch.no_grad()
-def image_features(model, batches: Iterable[ImageBatch], device: torch.device) -> tuple[Tensor, Tensor]:
+def probe_features(model, batches: Iterable[ImageBatch], device: torch.device) -> tuple[Tensor, Tensor]:
     """Final-norm [CLS] features and labels of a labelled image split, gathered over ranks."""
     feats, labels = [], []
     for b in batches:

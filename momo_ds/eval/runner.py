@@ -82,7 +82,7 @@ def run_task(enc: LoadedEncoder, task: str, *, pairs: Sequence[str] = (), train:
     max_len: tokens per text (retrieval / ITM captions, GLUE inputs); None = :func:`text_max_len`'s default.
     ITM runs as one process on the whole split (see :func:`momo_ds.eval.itm.evaluate_itm`)."""
     from momo_ds.eval.itm import evaluate_itm
-    from momo_ds.eval.linear_probe import image_features, linear_probe
+    from momo_ds.eval.linear_probe import probe_features, linear_probe
     from momo_ds.eval.retrieval import evaluate_retrieval
 
     check_task(task, pairs=pairs, train=train, val=val, glue_task=glue_task, has_itm_head=enc.has_itm_head)
@@ -93,8 +93,8 @@ def run_task(enc: LoadedEncoder, task: str, *, pairs: Sequence[str] = (), train:
     if task == "itm":
         return evaluate_itm(enc.model, _loader(enc, pairs, "pair", tok, batch_size, max_len, split=False), device)
     if task == "linear_probe":
-        tr = image_features(enc.model, _loader(enc, train, "image", tok, batch_size, max_len), device)
-        va = image_features(enc.model, _loader(enc, val, "image", tok, batch_size, max_len), device)
+        tr = probe_features(enc.model, _loader(enc, train, "image", tok, batch_size, max_len), device)
+        va = probe_features(enc.model, _loader(enc, val, "image", tok, batch_size, max_len), device)
         return linear_probe(tr, va)
     from momo_ds.eval.text_cls import GLUE_TASKS, finetune_text, glue_task_name
 

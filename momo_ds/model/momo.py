@@ -89,11 +89,6 @@ class MoMo(nn.Module):
         if self.lm_head is not None:
             self.lm_head.tie(self.text_embed.token_embed)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.grad_checkpointing = enable
-        for dec in self.decoders.values():
-            dec.grad_checkpointing = enable
-
     def set_attn_backend(self, backend: str) -> None:
         """Switch every attention layer's kernel (weights unchanged)."""
         from momo_ds.model.attention import Attention, check_backend

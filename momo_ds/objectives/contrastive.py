@@ -40,9 +40,3 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor,
     acc = (logits_i2t.argmax(dim=1) == labels).float().mean().detach()
     return {"itc_loss": loss, "itc_acc": acc}
 
-
-def temperature(logit_scale: Tensor) -> float:
-    """The current temperature 1/scale, for logging (one host sync; call only on log steps)."""
-    return 1.0 / float(logit_scale_value(logit_scale.detach()))
-
-
