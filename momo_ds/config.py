@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from momo_ds.objectives.registry import BATCH_KINDS, DECODERS, decoders_for, objectives_for
+
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names it."""
@@ -73,9 +75,9 @@ class ModelConfig:
         if self.decoder_dim % self.decoder_heads:
             raise ConfigError(
                 f"model.decoder_dim={self.decoder_dim} is not divisible by model.decoder_heads={self.decoder_heads}")
-        bad = [d for d in self.decoders if d not in ("mim", "mlm", "cmm")]
+        bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
-            raise ConfigError(f"model.decoders: unknown decoder(s) {bad}; valid: mim, mlm, cmm")
+            raise ConfigError(f"model.decoders: unknown decoder(s) {bad}; valid: {', '.join(DECODERS)}")
         if self.align_inputs not in ALIGN_INPUTS:
             raise ConfigError(f"model.align_inputs={self.align_inputs!r}; valid: {', '.join(ALIGN_INPUTS)}")
         if not 0.0 <= self.itm_hardness <= 1.0:
@@ -132,10 +134,9 @@ class StreamConfig:
     align_mask_ratio: Optional[float] = None
 
     def validate(self, where: str) -> "StreamConfig":
-        valid_kinds = ("image", "text", "pair")
-        if self.kind not in valid_kinds:
-            raise ConfigError(f"{where}.kind={self.kind!r}; valid: {', '.join(valid_kinds)}")
-        allowed = {"image": {"mim"}, "text": {"mlm"}, "pair": {"cmm", "itc", "itm"}}[self.kind]
+        if self.kind not in BATCH_KINDS:
+            raise ConfigError(f"{where}.kind={self.kind!r}; valid: {', '.join(BATCH_KINDS)}")
+        allowed = set(objectives_for(self.kind))
         bad = sorted(set(self.objectives) - allowed)
         if bad:
             raise ConfigError(f"{where}.objectives: {bad} not valid for kind {self.kind!r}; valid: {sorted(allowed)}")
@@ -222,7 +223,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def model_config(self) -> ModelConfig:
-        needed = sorted({o for s in self.data.streams for o in s.objectives} & {"mim", "mlm", "cmm"})
+        needed = decoders_for({o for s in self.data.streams for o in s.objectives})
         overrides = {"decoders": needed, **self.model}
         try:
             return model_preset(self.preset, **overrides)

@@ -514,3 +514,24 @@ def test_model_and_objectives_never_import_distributed_or_deepspeed():
     pattern = re.compile(r"^\s*(import|from)\s+(torch\.distributed|deepspeed)\b", re.M)
     files = sorted((root / "model").glob("*.py")) + sorted((root / "objectives").glob("*.py"))
     assert files and not [f.name for f in files if pattern.search(f.read_text())]
+
+
+def test_objective_registry_describes_what_the_model_computes():
+    """The registry's kinds, terms and decoders are what the model builds and returns; the loss is the weighted
+    sum of exactly the registered terms."""
+    from momo_ds.objectives.registry import DECODERS, OBJECTIVES, objectives_for
+
+    model = build_model("tiny", decoders=list(DECODERS), **TINY)
+    assert list(model.decoders) == list(DECODERS)
+    batches = dict(zip(("image", "text", "pair"), _batches(4)))
+    for kind, batch in batches.items():
+        names = objectives_for(kind)
+        assert names and all(OBJECTIVES[n].kind == kind for n in names)
+        weights = {n: float(i + 2) for i, n in enumerate(names)}
+        with torch.no_grad():
+            out = model(batch, weights, generator=torch.Generator().manual_seed(0))
+        expected = sum(w * out[t] for n, w in weights.items() for t in OBJECTIVES[n].terms)
+        torch.testing.assert_close(out["loss"], expected)
+        for other in set(OBJECTIVES) - set(names):
+            with pytest.raises(ValueError, match="not valid"):
+                model(batch, {other: 1.0})

@@ -10,7 +10,7 @@ from typing import Union
 from momo_ds.config import ModelConfig
 from momo_ds.model.export import (export_state_dict, from_timm_state_dict, resolve_config, timm_model_for,
                                    to_timm_state_dict)
-from momo_ds.model.momo import OBJECTIVE_TERMS, MoMo
+from momo_ds.model.momo import MoMo
 
 
 def build_model(preset_or_config: Union[str, ModelConfig] = "tiny", **overrides) -> MoMo:
@@ -21,5 +21,5 @@ def build_model(preset_or_config: Union[str, ModelConfig] = "tiny", **overrides)
     return MoMo(resolve_config(preset_or_config, **overrides))
 
 
-__all__ = ["build_model", "MoMo", "OBJECTIVE_TERMS", "resolve_config", "export_state_dict", "to_timm_state_dict",
+__all__ = ["build_model", "MoMo", "resolve_config", "export_state_dict", "to_timm_state_dict",
            "timm_model_for", "from_timm_state_dict"]

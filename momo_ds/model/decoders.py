@@ -18,6 +18,7 @@ from momo_ds.config import ModelConfig
 from momo_ds.model.embeddings import Token, sincos_2d
 from momo_ds.model.encoder import Block, run_blocks
 from momo_ds.model.norm import layer_norm
+from momo_ds.objectives.registry import OBJECTIVES
 
 
 class Decoder(nn.Module):
@@ -103,10 +104,10 @@ class Decoder(nn.Module):
 
 
 def build_decoders(cfg: ModelConfig) -> nn.ModuleDict:
-    """The decoders listed in ``cfg.decoders`` ({mim, mlm, cmm}), or one ``shared`` trunk for all of them."""
+    """The decoders listed in ``cfg.decoders`` (the registry's: mim, mlm, cmm), or one ``shared`` trunk for all."""
     if not cfg.decoders:
         return nn.ModuleDict()
     if cfg.shared_decoder:
         return nn.ModuleDict({"shared": Decoder(cfg, image=True, text=True)})
-    kinds = {"mim": (True, False), "mlm": (False, True), "cmm": (True, True)}
-    return nn.ModuleDict({name: Decoder(cfg, *kinds[name]) for name in ("mim", "mlm", "cmm") if name in cfg.decoders})
+    return nn.ModuleDict({o.decoder: Decoder(cfg, o.image, o.text) for o in OBJECTIVES.values()
+                          if o.decoder in cfg.decoders})

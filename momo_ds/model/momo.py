@@ -21,13 +21,10 @@ from momo_ds.model.encoder import Encoder
 from momo_ds.model.heads import ContrastiveHead, TiedLMHead, init_logit_scale
 from momo_ds.model.touch import zero_touch
 from momo_ds.model.validate import check_images, check_masked_text, check_patch_indices, check_same_batch, check_text
-from momo_ds.objectives import (OBJECTIVES_BY_KIND, JointInputs, cmm_loss, contrastive_loss, itm_loss, mim_loss,
-                                mlm_loss)
+from momo_ds.objectives import (OBJECTIVES, JointInputs, cmm_loss, contrastive_loss, itm_loss, mim_loss, mlm_loss,
+                                objectives_for)
 from momo_ds.objectives.dist import LOCAL, DistContext
 
-# objective -> the unweighted terms its weight multiplies
-OBJECTIVE_TERMS = {"mim": ("mim_loss",), "mlm": ("mlm_loss",), "cmm": ("cmm_image_loss", "cmm_text_loss"),
-                   "itc": ("itc_loss",), "itm": ("itm_loss",)}
 
 
 class MoMo(nn.Module):
@@ -221,13 +218,13 @@ class MoMo(nn.Module):
             terms = self._text_terms(batch, used)
         else:
             terms = self._pair_terms(batch, objectives, dist, generator, used, align_inputs or self.cfg.align_inputs)
-        loss = sum(w * terms[t] for name, w in objectives.items() for t in OBJECTIVE_TERMS[name])
+        loss = sum(w * terms[t] for name, w in objectives.items() for t in OBJECTIVES[name].terms)
         if touch_unused:
             loss = loss + self._zero_unused(used, logit_scale_used="itc" in objectives and kind == "pair")
         return {"loss": loss, **terms}
 
     def _check_objectives(self, kind: str, objectives: dict[str, float]) -> None:
-        allowed = OBJECTIVES_BY_KIND[kind]
+        allowed = objectives_for(kind)
         if not objectives:
             raise ValueError(f"objectives is empty; valid for {kind} batches: {', '.join(allowed)}")
         bad = [o for o in objectives if o not in allowed]

@@ -9,11 +9,11 @@ from momo_ds.objectives.dist import LOCAL, DistContext, LocalDist
 from momo_ds.objectives.itm import JointInputs, itm_loss, sample_hard_negatives
 from momo_ds.objectives.mim import masked_pixel_loss, mim_loss, patchify, pixel_targets, unpatchify
 from momo_ds.objectives.mlm import masked_token_loss, mlm_loss
-
-OBJECTIVES_BY_KIND = {"image": ("mim",), "text": ("mlm",), "pair": ("cmm", "itc", "itm")}
+from momo_ds.objectives.registry import OBJECTIVES, Objective, objectives_for
 
 __all__ = [
-    "DistContext", "LocalDist", "LOCAL", "JointInputs", "OBJECTIVES_BY_KIND", "MAX_LOGIT_SCALE",
+    "DistContext", "LocalDist", "LOCAL", "JointInputs", "OBJECTIVES", "Objective", "objectives_for",
+    "MAX_LOGIT_SCALE",
     "mim_loss", "mlm_loss", "cmm_loss", "contrastive_loss", "itm_loss", "sample_hard_negatives",
     "patchify", "unpatchify", "pixel_targets", "masked_pixel_loss", "masked_token_loss", "logit_scale_value",
 ]
