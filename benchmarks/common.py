@@ -8,7 +8,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from momo_ds import distributed as mdist  # noqa: E402
 from momo_ds.config import ModelConfig, StreamConfig  # noqa: E402
 from momo_ds.data.collate import mask_images, mask_pairs, mask_text  # noqa: E402
 
@@ -246,12 +246,6 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check_ranks(nproc: int) -> None:
     """One rank per GPU (NCCL refuses two ranks on one GPU); CPU ranks are unlimited."""
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
@@ -267,7 +261,7 @@ def relaunch_under_torchrun(script: str, argv: list[str], nproc: int, json_path:
     """
     check_ranks(nproc)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", script, *argv]
+           f"--master_port={mdist.free_port()}", script, *argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -281,16 +275,11 @@ def relaunch_under_torchrun(script: str, argv: list[str], nproc: int, json_path:
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size): torch.distributed through DeepSpeed, also for a plain single process."""
-    import deepspeed
+    """(rank, world size): the trainer's torch.distributed start-up, also for a plain single process."""
+    from momo_ds import distributed as mdist
 
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
-    import torch.distributed as dist
-
-    return dist.get_rank(), dist.get_world_size()
+    mdist.init_distributed("nccl" if device.type == "cuda" else "gloo")
+    return mdist.get_rank(), mdist.get_world_size()
 
 
 def quiet_deepspeed() -> None:
@@ -316,28 +305,16 @@ def ds_config_for(recipe, world: int, zero: int, dtype: str = "auto", path: Opti
 
 
 def build_cmga(recipe, ds_cfg: dict[str, Any], device: torch.device, seed: int = 0):
-    """(engine, CMGAStep, ModelConfig, dtype) built as momo_ds.engine.stage.StageRunner builds them (no loader,
-    no checkpoints)."""
-    import deepspeed
-
-    from momo_ds import distributed as mdist
-    from momo_ds.engine.cmga import CMGAStep
-    from momo_ds.engine.ds_config import ds_dtype, uses_offload, zero_stage
-    from momo_ds.engine.optim import build_optimizer, build_scheduler
+    """(engine, CMGAStep, ModelConfig, dtype) built by the trainer's own momo_ds.engine.stage.build_engine (no
+    loader, no checkpoints)."""
+    from momo_ds.engine.ds_config import ds_dtype
+    from momo_ds.engine.stage import build_engine
     from momo_ds.model import build_model
 
-    dtype = ds_dtype(ds_cfg)
     torch.manual_seed(seed)
     model = build_model(recipe.model_config())
-    for buf in model.buffers():  # as the trainer: fixed sin-cos tables follow the engine dtype
-        if buf.is_floating_point():
-            buf.data = buf.data.to(dtype)
-    optimizer = build_optimizer(model, recipe.train, device.type)
-    scheduler = build_scheduler(optimizer, recipe.train)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
-    touch = zero_stage(ds_cfg) == 3 or uses_offload(ds_cfg)
-    cmga = CMGAStep(engine, recipe.data.streams, mdist.TorchDist.current(), dtype, device, touch_unused=touch)
-    return engine, cmga, model.cfg, dtype
+    engine, (cmga, *_) = build_engine(recipe, ds_cfg, model, device)
+    return engine, cmga, model.cfg, ds_dtype(ds_cfg)
 
 
 def local_device() -> torch.device:

@@ -6,12 +6,31 @@ identity context) and call its ``gather*`` methods.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for a rendezvous of ranks started here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(backend: Optional[str] = None) -> None:
+    """torch.distributed through DeepSpeed, under the deepspeed launcher, torchrun, or a plain ``python`` (one
+    process: a world of one on a free local port). backend: None lets DeepSpeed pick (NCCL on GPUs, gloo on CPU)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
 def is_initialized() -> bool:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.multirank import ROOT, free_port, launch, tail
+from momo_ds.distributed import free_port
+from tests.multirank import ROOT, launch, tail
 
 pytestmark = pytest.mark.timeout(1800)
 SMALL = ["data.synthetic_num=256", "train.log_every=1"]

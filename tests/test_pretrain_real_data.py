@@ -15,7 +15,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from tests.multirank import ROOT, free_port, tail
+from momo_ds.distributed import free_port
+from tests.multirank import ROOT, tail
 
 pytestmark = pytest.mark.timeout(1800)
 WORDS = ["a", "red", "blue", "green", "circle", "square", "small", "large", "on", "the", "left", "right", "and"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -62,22 +61,6 @@ def stage_recipes(config: str, stage: Optional[str]) -> list[Path]:
     if missing:
         raise ConfigError(f"recipe file(s) not found: {', '.join(missing)}")
     return files
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> None:
-    """Works under the deepspeed launcher, torchrun, or a plain ``python`` (one process)."""
-    import deepspeed
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
-    deepspeed.init_distributed(verbose=False)
 
 
 def prepare_data(recipe: RecipeConfig, out: Path):
@@ -259,7 +242,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.time()
     try:
         stage_recipes(args.config, args.stage)  # fail fast on a bad --config before starting processes' work
-        init_distributed()
+        mdist.init_distributed()
         start = time.perf_counter()
         run(args)
         say(f"done in {time.perf_counter() - start:.1f} s; outputs in {args.out}")

@@ -109,12 +109,35 @@ def align_full_from(train: TrainConfig) -> Optional[int]:
     return train.max_steps - tail if tail > 0 else None
 
 
+def build_engine(recipe: RecipeConfig, ds_cfg: dict[str, Any], model: torch.nn.Module,
+                 device: torch.device) -> tuple[Any, list[CMGAStep]]:
+    """The DeepSpeed engine (optimizer and schedule inside) and the CMGA update(s) of a stage, for a model built
+    and initialised on the host in fp32. The trainer and the benchmarks build their steps with this.
+
+    returns (engine, updates): one CMGAStep over every stream, or with ``train.update=alternating`` (ablation)
+    one per stream, applied round robin.
+    """
+    import deepspeed
+
+    dtype = ds_dtype(ds_cfg)
+    for buf in model.buffers():  # DeepSpeed casts parameters only; fixed sin-cos tables must follow
+        if buf.is_floating_point():
+            buf.data = buf.data.to(dtype)
+    optimizer = build_optimizer(model, recipe.train, device.type)
+    scheduler = build_scheduler(optimizer, recipe.train)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    touch = zero_stage(ds_cfg) == 3 or uses_offload(ds_cfg)
+    ctx = mdist.TorchDist.current()
+    steps = dict(touch_unused=touch, seed=recipe.train.seed, align_full_from=align_full_from(recipe.train))
+    if recipe.train.update == "alternating":
+        return engine, [CMGAStep(engine, [s], ctx, dtype, device, **steps) for s in recipe.data.streams]
+    return engine, [CMGAStep(engine, recipe.data.streams, ctx, dtype, device, **steps)]
+
+
 class StageRunner:
     def __init__(self, recipe: RecipeConfig, ds_cfg: dict[str, Any], stage_dir: Path, tokenizer,
                  init_state: Optional[dict[str, torch.Tensor]] = None, init_source: str = "",
                  resume: bool = False, log_every: Optional[int] = None):
-        import deepspeed
-
         self.recipe, self.stage_dir, self.tokenizer = recipe, Path(stage_dir), tokenizer
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
         self.main = self.rank == 0
@@ -134,23 +157,8 @@ class StageRunner:
             init_from_previous(model, init_state, init_source)
         if recipe.train.mae_checkpoint:
             init_from_mae(model, recipe.train.mae_checkpoint)
-        for buf in model.buffers():  # DeepSpeed casts parameters only; fixed sin-cos tables must follow
-            if buf.is_floating_point():
-                buf.data = buf.data.to(self.dtype)
-        optimizer = build_optimizer(model, recipe.train, self.device.type)
-        scheduler = build_scheduler(optimizer, recipe.train)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                    config=self.ds_cfg)
-        touch = zero_stage(self.ds_cfg) == 3 or uses_offload(self.ds_cfg)
-        ctx = mdist.TorchDist.current()
-        steps = dict(touch_unused=touch, seed=recipe.train.seed, align_full_from=align_full_from(recipe.train))
-        if recipe.train.update == "alternating":  # ablation: each optimizer step sees one stream, round robin
-            self.steps_per_draw = len(recipe.data.streams)
-            self.updates = [CMGAStep(self.engine, [s], ctx, self.dtype, self.device, **steps)
-                            for s in recipe.data.streams]
-        else:
-            self.steps_per_draw = 1
-            self.updates = [CMGAStep(self.engine, recipe.data.streams, ctx, self.dtype, self.device, **steps)]
+        self.engine, self.updates = build_engine(recipe, self.ds_cfg, model, self.device)
+        self.steps_per_draw = len(self.updates)
         self._drawn = None
 
         from momo_ds.data import build_stage_loader
