@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -25,8 +25,26 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------- model
-ALIGN_INPUTS = ("full", "masked_image", "masked")
-ITM_READOUTS = ("cls", "mean")
+AlignInputs = Literal["full", "masked_image", "masked"]
+ItmReadout = Literal["cls", "mean"]
+AttnBackend = Literal["sdpa", "math", "flash_varlen"]
+BatchKind = Literal["image", "text", "pair"]
+Augment = Literal["rrc", "randaug", "none"]
+Update = Literal["cmga", "alternating"]
+ALIGN_INPUTS = typing.get_args(AlignInputs)
+ITM_READOUTS = typing.get_args(ItmReadout)
+assert typing.get_args(BatchKind) == BATCH_KINDS, "config and objective registry disagree on batch kinds"
+
+
+def check_choices(cfg, where: str) -> None:
+    """Every ``Literal[...]`` field of a config dataclass holds one of its values (the one place enumerated
+    values are checked: dataclasses built in code bypass the YAML loader's type checks)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{where}.{f.name}={value!r}; valid: {', '.join(map(str, choices))}")
 
 
 @dataclass
@@ -55,19 +73,20 @@ class ModelConfig:
     # what contrastive/ITM see: "full" (unmasked pair), "masked_image" (a masked image with the whole caption:
     # the pair stream's align_mask_ratio of the patches hidden when it sets one, else the CMM-hidden ones) or
     # "masked" (the CMM inputs themselves: visible patches and visible words)
-    align_inputs: str = "full"
+    align_inputs: AlignInputs = "full"
     # ITM negatives: the similarities are scaled by itm_hardness before the sampling softmax (1: as contrastive
     # sees them, 0: uniform, easy negatives); itm_readout: the joint state the ITM head reads ("cls" | "mean" of
     # every real token)
     itm_hardness: float = 1.0
-    itm_readout: str = "cls"
+    itm_readout: ItmReadout = "cls"
     # joint negatives per positive: 2 (a negative caption and a negative image for every pair, as VLMo/ALBEF) or
     # 1 (one per pair, sides alternating: even rows get a negative caption, odd rows a negative image)
-    itm_negatives: int = 2
-    attn_backend: str = "sdpa"  # sdpa | math | flash_varlen
+    itm_negatives: Literal[1, 2] = 2
+    attn_backend: AttnBackend = "sdpa"
     grad_checkpointing: bool = False
 
     def validate(self) -> "ModelConfig":
+        check_choices(self, "model")
         if self.img_size % self.patch_size:
             raise ConfigError(f"model.img_size={self.img_size} is not a multiple of model.patch_size={self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -78,16 +97,8 @@ class ModelConfig:
         bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
             raise ConfigError(f"model.decoders: unknown decoder(s) {bad}; valid: {', '.join(DECODERS)}")
-        if self.align_inputs not in ALIGN_INPUTS:
-            raise ConfigError(f"model.align_inputs={self.align_inputs!r}; valid: {', '.join(ALIGN_INPUTS)}")
         if not 0.0 <= self.itm_hardness <= 1.0:
             raise ConfigError(f"model.itm_hardness={self.itm_hardness} is outside [0, 1]")
-        if self.itm_negatives not in (1, 2):
-            raise ConfigError(f"model.itm_negatives={self.itm_negatives}; valid: 1, 2")
-        if self.itm_readout not in ITM_READOUTS:
-            raise ConfigError(f"model.itm_readout={self.itm_readout!r}; valid: {', '.join(ITM_READOUTS)}")
-        if self.attn_backend not in ("sdpa", "math", "flash_varlen"):
-            raise ConfigError(f"model.attn_backend={self.attn_backend!r}; valid: 'sdpa', 'math', 'flash_varlen'")
         return self
 
     @property
@@ -120,22 +131,21 @@ class StreamConfig:
     """One data stream of a stage: a source of one kind, the objectives trained on it and their weights."""
 
     name: str = "image"
-    kind: str = "image"  # image | text | pair
+    kind: BatchKind = "image"
     shards: list[str] = field(default_factory=list)  # URLs / brace patterns / pipe: commands
     objectives: dict[str, float] = field(default_factory=lambda: {"mim": 1.0})  # mim|mlm|cmm|itc|itm -> weight
     batch_size: int = 64  # per device, per optimizer step
     repeat: float = 1.0  # relative sampling weight / epoch repeat factor (stage 2 images: 5)
     image_mask_ratio: float = 0.75
     text_mask_ratio: float = 0.15
-    augment: str = "rrc"  # rrc (random-resized-crop + flip) | randaug (rrc + RandAugment) | none
+    augment: Augment = "rrc"  # rrc (random-resized-crop + flip) | randaug (rrc + RandAugment) | none
     max_text_len: int = 128
     # pair streams, model.align_inputs=masked_image: the share of patches contrastive and ITM do not see, drawn
     # independently of CMM's mask (FLIP's image masking); None: they see the CMM-visible patches
     align_mask_ratio: Optional[float] = None
 
     def validate(self, where: str) -> "StreamConfig":
-        if self.kind not in BATCH_KINDS:
-            raise ConfigError(f"{where}.kind={self.kind!r}; valid: {', '.join(BATCH_KINDS)}")
+        check_choices(self, where)
         allowed = set(objectives_for(self.kind))
         bad = sorted(set(self.objectives) - allowed)
         if bad:
@@ -153,8 +163,6 @@ class StreamConfig:
                 raise ConfigError(f"{where}.{name}={r} is outside [0, 1)")
         if self.batch_size < 1:
             raise ConfigError(f"{where}.batch_size={self.batch_size} must be >= 1")
-        if self.augment not in ("rrc", "randaug", "none"):
-            raise ConfigError(f"{where}.augment={self.augment!r}; valid: rrc, randaug, none")
         return self
 
 
@@ -206,7 +214,7 @@ class TrainConfig:
     init_from: str = ""  # "previous" (stage N-1 export in the same --out), a path to encoder.safetensors, or ""
     mae_checkpoint: str = ""  # local timm MAE weights file to initialise the encoder (stage 1)
     seed: int = 0
-    update: str = "cmga"  # cmga: every step sums all streams | alternating: one stream per step (ablation only)
+    update: Update = "cmga"  # cmga: every step sums all streams | alternating: one stream per step (ablation only)
     # FLIP's unmasked tuning: in the last align_full_tail share of the steps contrastive and ITM see the unmasked
     # pair whatever model.align_inputs says (0: never)
     align_full_tail: float = 0.0
@@ -231,8 +239,7 @@ class RecipeConfig:
             raise ConfigError(str(e)) from None
 
     def validate(self) -> "RecipeConfig":
-        if self.train.update not in ("cmga", "alternating"):
-            raise ConfigError(f"train.update={self.train.update!r}; valid: 'cmga', 'alternating'")
+        check_choices(self.train, "train")
         if not 0.0 <= self.train.align_full_tail <= 1.0:
             raise ConfigError(f"train.align_full_tail={self.train.align_full_tail} is outside [0, 1]")
         self.data.validate()
@@ -253,6 +260,11 @@ def _coerce(value, tp, key: str):
     """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Literal:  # membership is checked by check_choices, with the valid values in the message
+        choices = typing.get_args(tp)
+        if value not in choices and isinstance(value, str) and str(value) in map(str, choices):
+            return next(c for c in choices if str(c) == value)
         return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)

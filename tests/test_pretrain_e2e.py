@@ -78,21 +78,29 @@ def test_learning_check_far_above_chance(default_run):
     assert r10 >= s2_r10 + 10.0, f"stage 3 R@10 {r10:.1f} % did not improve on stage 2's {s2_r10:.1f} %"
 
 
-def _stage3(out, extra=(), env=None):
+def _stage3(out, extra=(), env=None, sets=()):
     args = ["--ds_config", "ds_configs/zero2.json", "--config", "tiny", "--stage", "3", "--out", str(out),
             "--max_steps", "4", "--save_every", "2", "--no_eval", *extra,
-            "--set", *SMALL, "train.init_from=", "data.num_workers=1"]
+            "--set", *SMALL, "train.init_from=", "data.num_workers=1", *sets]
     return launch("tools/pretrain.py", args, env=env)
 
 
-def test_killed_run_resumes_bitwise_on_two_ranks(tmp_path):
+# the alignment switches: a separate image mask drawn by the loader, one ITM negative per pair with hard
+# negatives, and an unmasked tail that starts at step 3 - after the checkpoint the resumed run starts from
+SWITCHES = ["model.align_inputs=masked_image", "data.streams.pair.align_mask_ratio=0.5", "model.itm_negatives=1",
+            "model.itm_hardness=1.0", "train.align_full_tail=0.5"]
+
+
+@pytest.mark.parametrize("sets", [[], SWITCHES], ids=["recipe", "align_switches"])
+def test_killed_run_resumes_bitwise_on_two_ranks(tmp_path, sets):
     a, b = tmp_path / "straight", tmp_path / "killed"
-    p1 = _stage3(a)
+    p1 = _stage3(a, sets=sets)
     assert (a / "stage3" / "DONE.json").is_file(), tail(p1)
-    p2 = _stage3(b, env={"MOMO_FAULT_AT_STEP": "3"})
+    assert all(s.split(".")[-1].replace("=", ": ") in (a / "stage3" / "config.yaml").read_text() for s in sets)
+    p2 = _stage3(b, env={"MOMO_FAULT_AT_STEP": "3"}, sets=sets)
     assert not (b / "stage3" / "DONE.json").is_file(), "fault injection did not stop the run"
     assert (b / "stage3" / "checkpoints" / "latest").read_text().strip() == "step_00000002", tail(p2)
-    p3 = _stage3(b, extra=["--resume"])
+    p3 = _stage3(b, extra=["--resume"], sets=sets)
     assert (b / "stage3" / "DONE.json").is_file(), tail(p3)
     assert "resumed stage 3" in p3.stdout
     for name in ("shared_fp32.safetensors", "encoder.safetensors"):

@@ -9,13 +9,16 @@ Backends (``ModelConfig.attn_backend``):
 """
 from __future__ import annotations
 
+import typing
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BACKENDS = ("sdpa", "math", "flash_varlen")
+from momo_ds.config import AttnBackend
+
+BACKENDS = typing.get_args(AttnBackend)
 
 
 def _flash_varlen_fn():
