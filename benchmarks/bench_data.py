@@ -104,16 +104,17 @@ def main(argv=None) -> int:
         data = make_data(Path(tmp), n_images, n_images)
         console.print(f"generated {n_images} images ({data['jpeg_kb']:.0f} KB JPEG avg) and {n_images} documents "
                       f"in {time.perf_counter() - t0:.1f} s")
-        common = dict(batch_size=bs, image_size=args.image_size, patch_size=args.patch_size, shuffle_buffer=bs)
-        rows = [("image rrc + MIM mask 75%", StreamSpec(name="img", kind="image", urls=data["image"], augment="rrc",
-                                                       **common), "images"),
-                ("image randaug + MIM mask 75%", StreamSpec(name="img", kind="image", urls=data["image"],
-                                                           augment="randaug", **common), "images"),
-                ("pair randaug + CMM 75%/75%", StreamSpec(name="pair", kind="pair", urls=data["image"],
-                                                         augment="randaug", text_mask_ratio=0.75,
-                                                         max_text_len=64, **common), "pairs"),
-                ("text windows 128 + MLM 15%", StreamSpec(name="txt", kind="text", urls=data["text"],
-                                                         max_text_len=128, **common), "texts")]
+        common = dict(image_size=args.image_size, patch_size=args.patch_size, shuffle_buffer=bs)
+        streams = [("image rrc + MIM mask 75%", StreamConfig(name="img", kind="image", batch_size=bs, augment="rrc"),
+                    data["image"], "images"),
+                   ("image randaug + MIM mask 75%", StreamConfig(name="img", kind="image", batch_size=bs,
+                                                                augment="randaug"), data["image"], "images"),
+                   ("pair randaug + CMM 75%/75%", StreamConfig(name="pair", kind="pair", objectives={"cmm": 1.0},
+                                                              batch_size=bs, augment="randaug", text_mask_ratio=0.75,
+                                                              max_text_len=64), data["image"], "pairs"),
+                   ("text windows 128 + MLM 15%", StreamConfig(name="txt", kind="text", objectives={"mlm": 1.0},
+                                                              batch_size=bs, max_text_len=128), data["text"], "texts")]
+        rows = [(name, StreamSpec(stream=stream, urls=urls, **common), unit) for name, stream, urls, unit in streams]
         for name, spec, unit in rows:
             n, dt = time_slot(spec, data["tok"], batches)
             results.append({"name": name, "unit": f"{unit}/s per worker", "per_second": n / dt, "samples": n,

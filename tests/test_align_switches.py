@@ -43,8 +43,8 @@ def test_eval_batches_have_no_align_mask(tmp_path):
     from momo_ds.data.stream import StreamSpec, collate_stream
 
     images, texts = _pair_items(3)
-    spec = StreamSpec(name="pair", kind="pair", urls=[], batch_size=3, image_size=32, patch_size=4,
-                      align_mask_ratio=0.5, train=False)
+    stream = StreamConfig(name="pair", kind="pair", objectives={"itc": 1.0}, batch_size=3, align_mask_ratio=0.5)
+    spec = StreamSpec(stream=stream, urls=[], image_size=32, patch_size=4, train=False)
     assert collate_stream(spec, list(zip(images, texts)), 0, seed=1).align_keep is None
     assert collate_stream(replace(spec, train=True), list(zip(images, texts)), 0, seed=1).align_keep is not None
 

@@ -50,8 +50,8 @@ def test_fewer_shards_than_slots_split_by_sample(tmp_path, tok):
     got = []
     # rank 0 reads shards 0 and 2 (one per worker, 8 samples each); rank 1 reads shard 1, split by sample (4 each)
     for rank, per_slot in ((0, 8), (1, 4)):
-        spec = StreamSpec(name="img", kind="image", urls=shards, batch_size=4, image_size=16, patch_size=8,
-                          rank=rank, world_size=2, shuffle_buffer=3)
+        spec = StreamSpec(stream=StreamConfig(name="img", kind="image", batch_size=4), urls=shards, image_size=16,
+                          patch_size=8, rank=rank, world_size=2, shuffle_buffer=3)
         for w in range(2):
             got.append(_slot_labels(spec, tok, w, 2, per_slot // 4))
     flat = sum(got, [])
@@ -80,8 +80,8 @@ def test_repeat_factor_epoch_windows():
 
 def test_resampled_mode_is_deterministic_and_infinite(tmp_path, tok):
     shards = write_image_shards(tmp_path, 8, 4, size=(16, 16))
-    spec = StreamSpec(name="img", kind="image", urls=shards, batch_size=4, image_size=16, patch_size=8,
-                      resampled=True, shuffle_buffer=2, seed=5)
+    spec = StreamSpec(stream=StreamConfig(name="img", kind="image", batch_size=4), urls=shards, image_size=16,
+                      patch_size=8, resampled=True, shuffle_buffer=2, seed=5)
     a = _slot_labels(spec, tok, 0, 1, 10)
     b = _slot_labels(spec, tok, 0, 1, 10)
     assert a == b and len(a) == 40 and set(a) <= set(range(8))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from momo_ds.data import SampleError, SkipStats, build_eval_loader, stream
 from momo_ds.data.fixtures import encode_image, train_test_tokenizer, write_samples
+from momo_ds.config import StreamConfig
 from momo_ds.data.stream import SampleProcessor, StreamSpec
 
 CAPTIONS = ["red circle", "blue square above the triangle", "a green shape"]
@@ -25,7 +26,8 @@ def raw(txt: str, key: str = "k") -> dict:
 
 
 def processor(tok, train: bool) -> SampleProcessor:
-    spec = StreamSpec(name="pair", kind="pair", urls=[], batch_size=4, image_size=16, patch_size=8, train=train)
+    stream = StreamConfig(name="pair", kind="pair", objectives={"itc": 1.0}, batch_size=4)
+    spec = StreamSpec(stream=stream, urls=[], image_size=16, patch_size=8, train=train)
     return SampleProcessor(spec, tok)
 
 

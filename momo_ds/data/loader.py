@@ -30,16 +30,16 @@ STATE_VERSION = 1
 
 def probe_stream(spec: StreamSpec, tokenizer) -> None:
     """Start-up check: read the stream's shards in order until one sample decodes; DataError if none does."""
-    processor = SampleProcessor(dataclasses.replace(spec, train=False, augment="none"), tokenizer)
+    processor = SampleProcessor(dataclasses.replace(spec, train=False), tokenizer)
     skips = SkipStats()
     for url in spec.urls:
-        for raw in raw_samples([url], handler=TarErrorCounter(skips, spec.name)):
+        for raw in raw_samples([url], handler=TarErrorCounter(skips, spec.stream.name)):
             try:
                 processor(raw, 0)
                 return
             except SampleError as e:
                 skips.add(e.reason)
-    raise DataError(f"stream {spec.name!r} ({spec.kind}) yields no usable sample from its {len(spec.urls)} "
+    raise DataError(f"stream {spec.stream.name!r} ({spec.stream.kind}) yields no usable sample from its {len(spec.urls)} "
                     f"shard(s) (first: {spec.urls[0]}; skipped: {skips.as_dict() or 'nothing read'})")
 
 
@@ -50,11 +50,9 @@ def _make_spec(s: StreamConfig, data_cfg: DataConfig, patch_size: int, rank: int
         raise DataError(f"rank {rank} is outside world_size {world_size}")
     if s.repeat <= 0:
         raise DataError(f"stream {s.name!r}: repeat={s.repeat} must be > 0")
-    return StreamSpec(name=s.name, kind=s.kind, urls=check_shards(s.name, s.shards), batch_size=s.batch_size,
-                      image_size=data_cfg.image_size, patch_size=patch_size, augment=s.augment,
-                      image_mask_ratio=s.image_mask_ratio, text_mask_ratio=s.text_mask_ratio,
-                      align_mask_ratio=s.align_mask_ratio, max_text_len=s.max_text_len, seed=data_cfg.seed, shuffle_buffer=data_cfg.shuffle_buffer,
-                      repeat=s.repeat, rank=rank, world_size=world_size)
+    return StreamSpec(stream=s, urls=check_shards(s.name, s.shards), image_size=data_cfg.image_size,
+                      patch_size=patch_size, seed=data_cfg.seed, shuffle_buffer=data_cfg.shuffle_buffer, rank=rank,
+                      world_size=world_size)
 
 
 class _ReportingDataset(IterableDataset):
@@ -109,7 +107,7 @@ class _StreamRunner:
             raise DataError(meta["error"], rank_local=True)
         slot = meta["slot"]
         if slot != self.batches % self.slots_n:  # the exact-resume bookkeeping relies on strict round robin
-            raise RuntimeError(f"stream {self.spec.name!r}: batch from worker slot {slot}, expected "
+            raise RuntimeError(f"stream {self.spec.stream.name!r}: batch from worker slot {slot}, expected "
                                f"{self.batches % self.slots_n}")
         self.slots[slot] = list(meta["pos"])
         self.worker_skips[slot] = meta["skips"]
@@ -127,17 +125,17 @@ class _StreamRunner:
 
     def state_dict(self) -> dict:
         s = self.spec
-        return {"kind": s.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
-                "num_slots": self.slots_n, "batch_size": s.batch_size, "num_shards": len(s.urls),
-                "repeat": s.repeat, "epoch": self.epoch(), "batches": self.batches,
-                "samples": self.batches * s.batch_size, "slots": [list(p) for p in self.slots],
+        return {"kind": s.stream.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
+                "num_slots": self.slots_n, "batch_size": s.stream.batch_size, "num_shards": len(s.urls),
+                "repeat": s.stream.repeat, "epoch": self.epoch(), "batches": self.batches,
+                "samples": self.batches * s.stream.batch_size, "slots": [list(p) for p in self.slots],
                 "skips": self.skips().as_dict()}
 
     def load_state_dict(self, d: dict, strict: bool) -> None:
         s = self.spec
-        expected = {"kind": s.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
-                    "num_slots": self.slots_n, "batch_size": s.batch_size, "num_shards": len(s.urls),
-                    "repeat": s.repeat}
+        expected = {"kind": s.stream.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
+                    "num_slots": self.slots_n, "batch_size": s.stream.batch_size, "num_shards": len(s.urls),
+                    "repeat": s.stream.repeat}
         diff = {k: (d.get(k), v) for k, v in expected.items() if d.get(k) != v}
         self.shutdown()
         self.base_skips = SkipStats(d.get("skips", {}))
@@ -147,7 +145,7 @@ class _StreamRunner:
             self.batches = int(d["batches"])
             return
         changes = ", ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in diff.items())
-        msg = f"stream {s.name!r}: saved loader state does not match ({changes})"
+        msg = f"stream {s.stream.name!r}: saved loader state does not match ({changes})"
         if strict:
             raise DataError(msg + "; pass strict=False to restart at the saved epoch")
         log.warning("%s; restarting every worker slot at epoch %d", msg, max(p[0] for p in d["slots"]))
@@ -181,7 +179,7 @@ class StageLoader:
         self.streams = [_StreamRunner(sp, tokenizer, data_cfg.num_workers, pin_memory) for sp in specs]
 
     def next(self) -> dict:
-        return {r.spec.name: r.next() for r in self.streams}
+        return {r.spec.stream.name: r.next() for r in self.streams}
 
     def __iter__(self) -> "StageLoader":
         return self
@@ -190,29 +188,29 @@ class StageLoader:
         return self.next()
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "streams": {r.spec.name: r.state_dict() for r in self.streams}}
+        return {"version": STATE_VERSION, "streams": {r.spec.stream.name: r.state_dict() for r in self.streams}}
 
     def load_state_dict(self, d: dict, strict: bool = True) -> None:
         """Restore positions; with ``strict`` a layout change (workers, world size, seed, shards...) is an error."""
         if d.get("version") != STATE_VERSION:
             raise DataError(f"loader state version {d.get('version')!r}; this code reads {STATE_VERSION}")
         saved = d["streams"]
-        missing = [r.spec.name for r in self.streams if r.spec.name not in saved]
+        missing = [r.spec.stream.name for r in self.streams if r.spec.stream.name not in saved]
         if missing and strict:
             raise DataError(f"loader state has no stream(s) {missing}; saved: {sorted(saved)}")
         for r in self.streams:
-            if r.spec.name in saved:
-                r.load_state_dict(saved[r.spec.name], strict)
+            if r.spec.stream.name in saved:
+                r.load_state_dict(saved[r.spec.stream.name], strict)
 
     def skip_counts(self) -> dict[str, dict[str, int]]:
-        return {r.spec.name: r.skips().as_dict() for r in self.streams}
+        return {r.spec.stream.name: r.skips().as_dict() for r in self.streams}
 
     def samples_seen(self) -> dict[str, int]:
-        return {r.spec.name: r.batches * r.spec.batch_size for r in self.streams}
+        return {r.spec.stream.name: r.batches * r.spec.stream.batch_size for r in self.streams}
 
     def epochs(self) -> dict[str, int]:
         """Per stream, the epoch every worker slot has reached (the lowest slot epoch)."""
-        return {r.spec.name: r.epoch() for r in self.streams}
+        return {r.spec.stream.name: r.epoch() for r in self.streams}
 
     def close(self) -> None:
         for r in self.streams:
@@ -278,8 +276,9 @@ def build_eval_loader(urls: Sequence[str], kind: str, *, tokenizer, image_size: 
         raise DataError(f"eval kind {kind!r}; valid: image, text, pair")
     if image_size % patch_size:
         raise DataError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
-    spec = StreamSpec(name=name, kind=kind, urls=check_shards(name, list(urls)), batch_size=batch_size,
-                      image_size=image_size, patch_size=patch_size, augment="none", max_text_len=max_text_len,
-                      rank=rank, world_size=world_size, train=False, shuffle_buffer=0)
+    stream = StreamConfig(name=name, kind=kind, objectives={}, batch_size=batch_size, augment="none",
+                          max_text_len=max_text_len)
+    spec = StreamSpec(stream=stream, urls=check_shards(name, list(urls)), image_size=image_size,
+                      patch_size=patch_size, rank=rank, world_size=world_size, train=False, shuffle_buffer=0)
     probe_stream(spec, tokenizer)
     return EvalLoader(spec, tokenizer, num_workers)

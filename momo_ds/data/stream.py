@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..config import StreamConfig
 from .collate import collate_images, collate_pairs, collate_texts
 from .decode import check_members, decode_image, decode_label, decode_text
 from .errors import DataError, SampleError, SkipStats
@@ -30,22 +31,15 @@ MAX_EMPTY_EPOCHS = 10  # a slot that sees this many consecutive empty epochs has
 
 @dataclass
 class StreamSpec:
-    """Everything a worker needs to produce one stream's batches (picklable)."""
+    """Everything a worker needs to produce one stream's batches (picklable): the stream's recipe entry and where
+    this rank reads it."""
 
-    name: str
-    kind: str  # image | text | pair
+    stream: StreamConfig  # name, kind, batch size, augmentation, mask ratios, text length, repeat
     urls: list[str]  # expanded shard URLs
-    batch_size: int
     image_size: int
     patch_size: int
-    augment: str = "rrc"
-    image_mask_ratio: float = 0.75
-    text_mask_ratio: float = 0.15
-    align_mask_ratio: Optional[float] = None
-    max_text_len: int = 128
     seed: int = 0
     shuffle_buffer: int = 2000
-    repeat: float = 1.0
     rank: int = 0
     world_size: int = 1
     train: bool = True  # False: one ordered pass, no augmentation, no masks, partial last batch, text truncated
@@ -53,7 +47,7 @@ class StreamSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.name}/{self.kind}"
+        return f"{self.stream.name}/{self.stream.kind}"
 
 
 class SampleProcessor:
@@ -63,16 +57,16 @@ class SampleProcessor:
     def __init__(self, spec: StreamSpec, tokenizer):
         self.spec = spec
         self.tokenizer = tokenizer
-        augment = spec.augment if spec.train else "none"
+        augment = spec.stream.augment if spec.train else "none"
         self.random = augment != "none"
-        self.transform = None if spec.kind == "text" else build_image_transform(augment, spec.image_size, spec.kind)
-        self.windows = spec.train and spec.kind == "text"
+        self.transform = None if spec.stream.kind == "text" else build_image_transform(augment, spec.image_size, spec.stream.kind)
+        self.windows = spec.train and spec.stream.kind == "text"
 
     def _tokens(self, data: bytes) -> list[list[int]]:
         ids = self.tokenizer.encode_one(decode_text(data))
         if not ids:
             raise SampleError(SkipStats.EMPTY_TEXT, "no tokens")
-        n = self.spec.max_text_len
+        n = self.spec.stream.max_text_len
         if self.windows:
             return [ids[i: i + n] for i in range(0, len(ids), n)]
         return [ids[:n]]
@@ -90,7 +84,7 @@ class SampleProcessor:
             raise SampleError(SkipStats.EMPTY_TEXT, "no tokens")
         if self.spec.train and len(ids) > 1:
             ids = [ids[random.Random(mix_seed(seed, "caption")).randrange(len(ids))]]
-        return [t[: self.spec.max_text_len] for t in ids]
+        return [t[: self.spec.stream.max_text_len] for t in ids]
 
     def _image(self, data: bytes, seed: int):
         img = decode_image(data)
@@ -101,10 +95,10 @@ class SampleProcessor:
             return self.transform(img)
 
     def __call__(self, raw: dict, seed: int) -> list:
-        img_ext, txt_ext, cls_ext = check_members(raw, self.spec.kind)
-        if self.spec.kind == "text":
+        img_ext, txt_ext, cls_ext = check_members(raw, self.spec.stream.kind)
+        if self.spec.stream.kind == "text":
             return self._tokens(raw[txt_ext])
-        if self.spec.kind == "pair":
+        if self.spec.stream.kind == "pair":
             captions = self._captions(raw[txt_ext], seed)
             x = self._image(raw[img_ext], seed)
             return [(x, ids) for ids in captions]
@@ -115,13 +109,13 @@ class SampleProcessor:
 def collate_stream(spec: StreamSpec, items: list, pad_id: int, seed: int):
     """Model samples → the stream's batch type, masks drawn with a generator seeded by ``seed``."""
     g = torch_generator(seed)
-    image_ratio = spec.image_mask_ratio if spec.train else 0.0
-    text_ratio = spec.text_mask_ratio if spec.train else 0.0
-    if spec.kind == "image":
+    image_ratio = spec.stream.image_mask_ratio if spec.train else 0.0
+    text_ratio = spec.stream.text_mask_ratio if spec.train else 0.0
+    if spec.stream.kind == "image":
         return collate_images([x for x, _ in items], [y for _, y in items], spec.patch_size, image_ratio, g)
-    if spec.kind == "text":
+    if spec.stream.kind == "text":
         return collate_texts(items, pad_id, text_ratio, g)
-    align_ratio = spec.align_mask_ratio if spec.train else None
+    align_ratio = spec.stream.align_mask_ratio if spec.train else None
     return collate_pairs([x for x, _ in items], [t for _, t in items], spec.patch_size, pad_id, image_ratio,
                          text_ratio, g, align_ratio)
 
@@ -152,10 +146,10 @@ class StreamDataset(IterableDataset):
         slot = s.rank * workers + worker
         shuffle_seed = mix_seed(s.seed, s.key, "shuffle", epoch, slot) if s.train else None
         if s.resampled and s.train:
-            draws = max(1, round(s.repeat * len(s.urls) / (s.world_size * workers)))
+            draws = max(1, round(s.stream.repeat * len(s.urls) / (s.world_size * workers)))
             return raw_samples([], handler=counter, shuffle_buffer=s.shuffle_buffer, shuffle_seed=shuffle_seed,
                                resample=(s.urls, draws, mix_seed(s.seed, s.key, "resample", epoch, slot)))
-        window = epoch_shards(s.urls, epoch, repeat=s.repeat, seed=s.seed, key=s.key, shuffle=s.train)
+        window = epoch_shards(s.urls, epoch, repeat=s.stream.repeat, seed=s.seed, key=s.key, shuffle=s.train)
         shards, filters = split_for_slot(window, s.rank, s.world_size, worker, workers)
         return raw_samples(shards, handler=counter, filters=filters, shuffle_buffer=s.shuffle_buffer,
                            shuffle_seed=shuffle_seed)
@@ -168,7 +162,7 @@ class StreamDataset(IterableDataset):
         processor = SampleProcessor(s, self.tokenizer)
         pad_id = getattr(self.tokenizer, "pad_id", 0)
         skips = SkipStats()
-        counter = TarErrorCounter(skips, s.name)
+        counter = TarErrorCounter(skips, s.stream.name)
         buf: list = []
         empty_epochs = 0
         while True:
@@ -188,7 +182,7 @@ class StreamDataset(IterableDataset):
                         continue
                     produced = True
                     buf.append(item)
-                    if len(buf) == s.batch_size:
+                    if len(buf) == s.stream.batch_size:
                         nbatch += 1
                         pos = [epoch, raw_idx, j + 1] if j + 1 < len(items) else [epoch, raw_idx + 1, 0]
                         batch = collate_stream(s, buf, pad_id, mix_seed(s.seed, s.key, "mask", slot, nbatch))
@@ -204,6 +198,6 @@ class StreamDataset(IterableDataset):
             epoch += 1
             empty_epochs = 0 if produced else empty_epochs + 1
             if empty_epochs >= MAX_EMPTY_EPOCHS:
-                raise DataError(f"stream {s.name!r}: rank {s.rank} worker {worker} got no usable sample in "
+                raise DataError(f"stream {s.stream.name!r}: rank {s.rank} worker {worker} got no usable sample in "
                                 f"{MAX_EMPTY_EPOCHS} consecutive epochs ({len(s.urls)} shards for "
                                 f"{s.world_size * workers} loader slots; skipped: {skips.as_dict()})")
