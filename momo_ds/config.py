@@ -230,9 +230,11 @@ class RecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self, **settled) -> ModelConfig:
+        """The validated ModelConfig: the preset, the recipe's ``model`` overrides, the decoders its objectives
+        need, and ``settled`` values known only at run time (the tokenizer's pad id), applied before validation."""
         needed = decoders_for({o for s in self.data.streams for o in s.objectives})
-        overrides = {"decoders": needed, **self.model}
+        overrides = {"decoders": needed, **self.model, **settled}
         try:
             return model_preset(self.preset, **overrides)
         except ConfigError as e:

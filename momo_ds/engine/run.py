@@ -11,6 +11,7 @@ built-in synthetic data (generated into ``<out>/data`` if absent).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -64,17 +65,18 @@ def stage_recipes(config: str, stage: Optional[str]) -> list[Path]:
 
 
 def prepare_data(recipe: RecipeConfig, out: Path):
-    """Synthetic recipes: generate the built-in dataset once (rank 0 first) and point the streams at it.
-    Returns the dataset's SyntheticInfo, or None for a recipe with real shards."""
+    """Synthetic recipes: generate the built-in dataset once (rank 0 first). Returns (the recipe with its streams
+    pointed at the dataset, validated again: a validated config is never changed in place, the dataset's
+    SyntheticInfo), or (the recipe itself, None) for a recipe with real shards."""
     from momo_ds.data import resolve_synthetic
 
     if not recipe.data.synthetic:
-        return None
+        return recipe, None
     if mdist.is_main_process():
         resolve_synthetic(recipe.data, out / "data")
     mdist.barrier()
-    recipe.data, info = resolve_synthetic(recipe.data, out / "data")  # reuses what rank 0 wrote
-    return info
+    data, info = resolve_synthetic(recipe.data, out / "data")  # reuses what rank 0 wrote
+    return dataclasses.replace(recipe, data=data).validate(), info
 
 
 def require_shards(recipe: RecipeConfig) -> None:
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> list:
         if args.resume and latest_tag(stage_dir / "checkpoints") is None:
             say(f"--resume: no checkpoint of stage {recipe.stage} in {stage_dir / 'checkpoints'}; starting it "
                 f"from step 0")
-        info = prepare_data(recipe, out) or info
+        recipe, synthetic = prepare_data(recipe, out)
+        info = synthetic or info
         require_shards(recipe)
         check_streams(recipe.data)  # every local shard exists: fail before loading anything
         tokenizer = load_tokenizer(recipe.data.tokenizer)

@@ -51,13 +51,11 @@ def build_stage_model(recipe: RecipeConfig, tokenizer) -> tuple[torch.nn.Module,
     """The stage's model in fp32 on the host; vocabulary and image size checked against the data."""
     from momo_ds.model import build_model
 
-    mcfg = recipe.model_config()
-    if tokenizer is not None:
-        if tokenizer.vocab_size > mcfg.vocab_size:
-            raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but model.vocab_size="
-                              f"{mcfg.vocab_size}: set model.vocab_size={tokenizer.vocab_size}")
-        if tokenizer.pad_id != mcfg.pad_token_id:
-            mcfg.pad_token_id = tokenizer.pad_id
+    # the padding id is the tokenizer's: settled before the config is validated, never patched in afterwards
+    mcfg = recipe.model_config() if tokenizer is None else recipe.model_config(pad_token_id=tokenizer.pad_id)
+    if tokenizer is not None and tokenizer.vocab_size > mcfg.vocab_size:
+        raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but model.vocab_size="
+                          f"{mcfg.vocab_size}: set model.vocab_size={tokenizer.vocab_size}")
     if recipe.data.image_size != mcfg.img_size:
         raise ConfigError(f"data.image_size={recipe.data.image_size} differs from the model's img_size={mcfg.img_size}")
     return build_model(mcfg), mcfg
