@@ -67,18 +67,20 @@ def evaluate(encoder: Path, data_dir: Path, num: int, seed: int) -> dict:
             "itm_random_bacc": itm.get("itm_random_bacc_pct"), "itm_hard_bacc": itm.get("itm_hard_bacc_pct")}
 
 
-# stage-3 variants of the align study: name -> overrides of the packaged tiny stage-3 recipe
+# stage-3 variants of the align study: name -> overrides of the packaged tiny stage-3 recipe. Each sets all three
+# switches, so a variant means the same whatever the recipe's own choice (mask50_1neg since 2026-12-02).
+_FULL = ["model.align_inputs=full", "data.streams.pair.align_mask_ratio=null"]
+_MASK50 = ["model.align_inputs=masked_image", "data.streams.pair.align_mask_ratio=0.5"]
+_CMM_VISIBLE = ["model.align_inputs=masked_image", "data.streams.pair.align_mask_ratio=null"]
 ALIGN_VARIANTS = {
-    "full": [],  # unmasked pairs for contrastive and ITM, two negatives per pair
-    "full_1neg": ["model.itm_negatives=1"],
-    "mask50_1neg": ["model.align_inputs=masked_image", "data.streams.pair.align_mask_ratio=0.5",
-                    "model.itm_negatives=1"],
-    "mask50_1neg_tail": ["model.align_inputs=masked_image", "data.streams.pair.align_mask_ratio=0.5",
-                         "model.itm_negatives=1", "train.align_full_tail=0.1"],
-    "mask75_1neg": ["model.align_inputs=masked_image", "model.itm_negatives=1"],  # the CMM-visible 25 %
-    "full_1neg_hard": ["model.itm_negatives=1", "model.itm_hardness=1.0"],  # softmax-drawn negatives, 1:1 classes
-    "masked_image": ["model.align_inputs=masked_image"],
-    "masked": ["model.align_inputs=masked"],
+    "full": [*_FULL, "model.itm_negatives=2"],  # unmasked pairs, two negatives per pair: the recipe until then
+    "full_1neg": [*_FULL, "model.itm_negatives=1"],
+    "mask50_1neg": [*_MASK50, "model.itm_negatives=1"],  # the recipe since then
+    "mask50_1neg_tail": [*_MASK50, "model.itm_negatives=1", "train.align_full_tail=0.1"],
+    "mask75_1neg": [*_CMM_VISIBLE, "model.itm_negatives=1"],  # the CMM-visible 25 %
+    "full_1neg_hard": [*_FULL, "model.itm_negatives=1", "model.itm_hardness=1.0"],  # softmax-drawn, 1:1 classes
+    "masked_image": [*_CMM_VISIBLE, "model.itm_negatives=2"],
+    "masked": ["model.align_inputs=masked", "data.streams.pair.align_mask_ratio=null", "model.itm_negatives=2"],
 }
 
 

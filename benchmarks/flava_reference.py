@@ -35,9 +35,11 @@ run); its masked pass then encodes the unmasked image a second time. ``--with-co
 a random-init codebook (targets from random features: a cost check rather than a recipe): 75/196 of the patches
 masked at random (FLAVA masks that share in blocks) and the images, mapped as FLAVA maps codebook pixels.
 
-FLOP matching: MoMo's tiny stage 3 is 160 steps of benchmarks/ablations.stage3_flops() (analytic training FLOPs of
-one step, every stream; 23.1 TFLOP in all, benchmarks/results/ablations_align_cpu2_2026-11-22.md; ``--match-tflop``
-overrides it, and is the fallback when ablations.py cannot be imported). One real FLAVA training step (forward and
+FLOP matching: the target is the budget at which the align ablation compares its variants (benchmarks/ablations.py):
+160 tiny stage-3 steps with unmasked alignment inputs and two ITM negatives (its ``full`` variant, the recipe
+before 2026-12-02), ``160 x ablations.stage3_flops(ALIGN_VARIANTS["full"])`` = 23.1 TFLOP of analytic training
+FLOPs over every stream; ``--match-tflop`` overrides it, and the recorded 23.1 stands in when ablations.py cannot
+be imported. Today's recipe spends 12.9 TFLOP on its 160 steps. One real FLAVA training step (forward and
 backward of the pair and text batches, the first batches of the run) is counted with torch's FlopCounterMode
 (bench_peers.counted_flops), and steps = round(target / step FLOPs). Both counts are matmul FLOPs; MoMo's counts
 real text tokens of random-length texts, FLAVA's the padded batch it executes. MoMo's 23.1 TFLOP are stage 3
@@ -78,7 +80,7 @@ from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
 from momo_ds.data.rng import mix_seed  # noqa: E402
 from momo_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
-MOMO_STAGE3_TFLOP = 23.1  # 160 tiny stage-3 steps, benchmarks/results/ablations_align_cpu2_2026-11-22.md
+MOMO_STAGE3_TFLOP = 23.1  # 160 tiny stage-3 steps of the align ablation's "full" variant
 IGNORE = -100  # cross-entropy's ignore index, FlavaConfig.ce_ignore_index
 ITM_NEGATIVES = 0.1  # torchmultimodal's FLAVA VLDataModule: itm_probability
 LOGIT_LAPLACE_EPS = 0.1  # FLAVA's codebook input map
@@ -100,9 +102,10 @@ def momo_target_flops(match_tflop: Optional[float], momo_steps: int) -> tuple[fl
     if match_tflop is not None:
         return match_tflop * 1e12, "--match-tflop"
     try:
-        from ablations import stage3_flops
+        from ablations import ALIGN_VARIANTS, stage3_flops
 
-        return momo_steps * stage3_flops(), f"ablations.stage3_flops() x {momo_steps} steps"
+        return (momo_steps * stage3_flops(ALIGN_VARIANTS["full"]),
+                f"ablations.stage3_flops(ALIGN_VARIANTS['full']) x {momo_steps} steps")
     except Exception as e:  # ablations.py is being changed: the recorded value stands in
         return MOMO_STAGE3_TFLOP * 1e12, (f"recorded {MOMO_STAGE3_TFLOP} TFLOP (ablations_align_cpu2_2026-11-22.md); "
                                           f"ablations.stage3_flops() failed: {type(e).__name__}: {e}")
@@ -416,7 +419,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=None, help="training steps (default: FLOP-matched to MoMo's stage 3)")
     p.add_argument("--match-tflop", type=float, default=None,
-                   help=f"FLOP target in TFLOP (default: ablations.stage3_flops() x the recipe's steps, "
+                   help=f"FLOP target in TFLOP (default: the align ablation's full variant x the recipe's steps, "
                         f"else {MOMO_STAGE3_TFLOP})")
     p.add_argument("--num", type=int, default=4000, help="synthetic samples per kind (train split)")
     p.add_argument("--batch", type=int, default=64, help="pairs per step (the recipe's 64)")
