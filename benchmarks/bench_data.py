@@ -11,22 +11,18 @@ single-threaded, i.e. one DataLoader worker, and times ``--batches`` batches aft
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
+from common import make_console, make_report, print_table, write_json  # noqa: E402
 from momo_ds.config import DataConfig, StreamConfig  # noqa: E402
 from momo_ds.data import build_stage_loader, train_wordpiece  # noqa: E402
 from momo_ds.data.fixtures import WORDS, encode_image, random_sentence, smooth_image, write_samples  # noqa: E402
@@ -71,19 +67,6 @@ def _time_slot(spec: StreamSpec, tok, batches: int) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def versions() -> dict:
-    import PIL
-    import timm
-    import tokenizers
-    import torch
-    import torchvision
-    import webdataset
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "webdataset": webdataset.__version__, "pillow": PIL.__version__,
-            "tokenizers": tokenizers.__version__, "numpy": np.__version__}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke test: tiny data, few batches")
@@ -97,7 +80,7 @@ def main(argv=None) -> int:
     batches = args.batches or (2 if args.quick else 12)
     bs = 8 if args.quick else args.batch_size
     n_images = bs * (batches + 2)
-    console = Console(width=None if sys.stdout.isatty() else 110)
+    console = make_console()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -129,23 +112,12 @@ def main(argv=None) -> int:
                 dt = time.perf_counter() - t0
             results.append({"name": f"stage loader, {args.workers} workers, rrc", "unit": "images/s total",
                             "per_second": n / dt, "samples": n, "seconds": dt})
-    table = Table(title=f"momo_ds.data loader throughput ({args.image_size} px, batch {bs})")
-    for col in ("stream", "throughput", "unit", "samples", "seconds"):
-        table.add_column(col, justify="right" if col != "stream" else "left")
-    for r in results:
-        table.add_row(r["name"], f"{r['per_second']:.1f}", r["unit"], str(r["samples"]), f"{r['seconds']:.2f}")
-    console.print(table)
-    report = {"benchmark": "bench_data", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick,
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                          "processor": platform.processor() or platform.machine()},
-              "versions": versions(),
-              "config": {"image_size": args.image_size, "patch_size": args.patch_size, "batch_size": bs,
-                         "batches": batches, "jpeg_kb_avg": data["jpeg_kb"], "workers": args.workers},
-              "results": results}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
-        console.print(f"wrote {args.json}")
+    print_table(console, f"momo_ds.data loader throughput ({args.image_size} px, batch {bs})",
+                ["stream", "throughput", "unit", "samples", "seconds"],
+                [[r["name"], r["per_second"], r["unit"], r["samples"], r["seconds"]] for r in results])
+    config = {"image_size": args.image_size, "patch_size": args.patch_size, "batch_size": bs, "batches": batches,
+              "jpeg_kb_avg": data["jpeg_kb"], "workers": args.workers}
+    write_json(args.json, make_report("bench_data", args, config, results), console)
     return 0
 
 

@@ -49,7 +49,8 @@ def machine_info() -> dict[str, Any]:
 def versions() -> dict[str, Optional[str]]:
     """Installed versions, read from package metadata (no imports)."""
     out: dict[str, Optional[str]] = {"torch": torch.__version__}
-    for name in ("deepspeed", "timm", "transformers", "numpy", "flash-attn"):
+    for name in ("deepspeed", "timm", "transformers", "numpy", "flash-attn", "torchvision", "webdataset", "pillow",
+                 "tokenizers"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -130,3 +130,11 @@ def test_gpu_run_script_rejects_an_unknown_part(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "C"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "usage: run.sh A|B" in proc.stderr
+
+
+def test_bench_data_quick(tmp_path):
+    report = run_quick("bench_data", tmp_path)
+    rows = report["results"]
+    assert [r["unit"] for r in rows] == ["images/s per worker"] * 2 + ["pairs/s per worker", "texts/s per worker"]
+    assert all(r["per_second"] > 0 and r["samples"] > 0 for r in rows)
+    assert {"webdataset", "pillow", "tokenizers"} <= set(report["versions"])
