@@ -43,7 +43,7 @@ def check_choices(cfg, where: str) -> None:
     for f in dataclasses.fields(cfg):
         choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
         value = getattr(cfg, f.name)
-        if choices and value not in choices:
+        if choices and (value not in choices or isinstance(value, bool)):  # True == 1 in Python
             raise ConfigError(f"{where}.{f.name}={value!r}; valid: {', '.join(map(str, choices))}")
 
 
