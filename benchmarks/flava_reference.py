@@ -81,6 +81,9 @@ from momo_ds.data.rng import mix_seed  # noqa: E402
 from momo_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 MOMO_STAGE3_TFLOP = 23.1  # 160 tiny stage-3 steps of the align ablation's "full" variant
+# The budget the align ablation compares at: its "full" variant for 160 steps with 16 warm-up steps (the tiny
+# stage-3 recipe before 2026-12-02, whose FLOPs the recipe's 286 steps now spend); FLAVA warms up the same share.
+REFERENCE_STEPS, REFERENCE_WARMUP = 160, 16
 IGNORE = -100  # cross-entropy's ignore index, FlavaConfig.ce_ignore_index
 ITM_NEGATIVES = 0.1  # torchmultimodal's FLAVA VLDataModule: itm_probability
 LOGIT_LAPLACE_EPS = 0.1  # FLAVA's codebook input map
@@ -125,7 +128,8 @@ def stage3_data(out: Path, seed: int, num: int, pair_batch: int, text_batch: int
     for s in data.streams:
         size = pair_batch if s.kind == "pair" else text_batch
         if size > 0:  # the names stay "text" / "pair": the loader's seeds derive from them
-            streams.append(dataclasses.replace(s, batch_size=size, image_mask_ratio=0.0, text_mask_ratio=0.0))
+            streams.append(dataclasses.replace(s, batch_size=size, image_mask_ratio=0.0, text_mask_ratio=0.0,
+                                               align_mask_ratio=None))
     return dataclasses.replace(data, streams=streams), info, recipe
 
 
@@ -358,7 +362,8 @@ def run_seed(seed: int, args, target: float, console) -> dict:
     flava.zero_grad(set_to_none=True)
     matched = flop_matched_steps(target, step_flops)
     steps = args.steps or matched
-    opt, sched, train_cfg = build_optimizer(flava, recipe.train, steps, args.lr)
+    reference = dataclasses.replace(recipe.train, max_steps=REFERENCE_STEPS, warmup_steps=REFERENCE_WARMUP)
+    opt, sched, train_cfg = build_optimizer(flava, reference, steps, args.lr)
     params = [p for p in flava.parameters() if p.requires_grad]
     console.print(f"seed {seed}: FLAVA {count_params(flava, True) / 1e6:.2f}M trainable params, "
                   f"{step_flops / 1e9:.1f} GFLOP/step (counted) -> {matched} FLOP-matched steps; training {steps}")
@@ -419,7 +424,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=None, help="training steps (default: FLOP-matched to MoMo's stage 3)")
     p.add_argument("--match-tflop", type=float, default=None,
-                   help=f"FLOP target in TFLOP (default: the align ablation's full variant x the recipe's steps, "
+                   help=f"FLOP target in TFLOP (default: the align ablation's full variant x {REFERENCE_STEPS} steps, "
                         f"else {MOMO_STAGE3_TFLOP})")
     p.add_argument("--num", type=int, default=4000, help="synthetic samples per kind (train split)")
     p.add_argument("--batch", type=int, default=64, help="pairs per step (the recipe's 64)")
@@ -453,7 +458,7 @@ def main(argv=None) -> int:
     recipe = load_recipe(packaged_recipe("tiny", 3))
     args.lr = args.lr or recipe.train.lr
     console = make_console()
-    target, source = momo_target_flops(args.match_tflop, recipe.train.max_steps)
+    target, source = momo_target_flops(args.match_tflop, REFERENCE_STEPS)
     console.print(f"FLOP target {target / 1e12:.2f} TFLOP ({source})", highlight=False)
     rows = [run_seed(seed, args, target, console) for seed in args.seeds]
     cols = ["seed", "steps", "train TFLOP", "R@1 TR", "R@1 IR", "R@10 TR", "R@10 IR", "ITM bacc rnd/hard",
