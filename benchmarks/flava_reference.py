@@ -39,7 +39,7 @@ FLOP matching: the target is the budget at which the align ablation compares its
 160 tiny stage-3 steps with unmasked alignment inputs and two ITM negatives (its ``full`` variant, the recipe
 before 2026-12-02), ``160 x ablations.stage3_flops(ALIGN_VARIANTS["full"])`` = 23.1 TFLOP of analytic training
 FLOPs over every stream; ``--match-tflop`` overrides it, and the recorded 23.1 stands in when ablations.py cannot
-be imported. Today's recipe spends 12.9 TFLOP on its 160 steps. One real FLAVA training step (forward and
+be imported. Today's recipe spends the same on its 286 steps. One real FLAVA training step (forward and
 backward of the pair and text batches, the first batches of the run) is counted with torch's FlopCounterMode
 (bench_peers.counted_flops), and steps = round(target / step FLOPs). Both counts are matmul FLOPs; MoMo's counts
 real text tokens of random-length texts, FLAVA's the padded batch it executes. MoMo's 23.1 TFLOP are stage 3
