@@ -37,6 +37,7 @@ from momo_ds.engine.optim import param_groups  # noqa: E402
 from momo_ds.model import build_model  # noqa: E402
 from momo_ds.model.attention import check_backend  # noqa: E402
 from momo_ds.objectives import cmm_loss, mim_loss, mlm_loss  # noqa: E402
+from momo_ds.objectives.task import PretrainTask  # noqa: E402
 
 OBJECTIVE_STREAM = {"mim": (1, "image"), "mlm": (2, "text"), "cmm": (3, "pair")}  # recipe stage, stream kind
 CPU_BATCH = {"tiny": 32, "base": 4, "large": 2}
@@ -44,7 +45,8 @@ TARGET = 3.5  # stage-1 (MIM) training step, visible-only vs full-sequence
 
 
 class FullSequence(nn.Module):
-    """Full-sequence encoding of a MoMo model, followed by the model's own decoder and loss for ``objective``."""
+    """Full-sequence encoding of a MoMo model (every patch and token enters the encoder, masked ones as [MASK]
+    embeddings: BEiT / BERT style), followed by the model's own decoder and loss for ``objective``."""
 
     def __init__(self, model: nn.Module, objective: str):
         super().__init__()
@@ -61,7 +63,6 @@ class FullSequence(nn.Module):
         types = m.type_embed(m.type_ids)
         parts = [m.cls_token.expand(b, -1, -1)]
         keep_idx = [torch.zeros(b, 1, dtype=torch.long, device=m.type_ids.device)]  # [CLS] is output row 0
-        key_mask, vis_key_mask = None, None
         if image is not None:
             x = m.image_embed(image.images)  # [B, N, D], every patch with its position
             masked = torch.zeros(b, cfg.num_patches, dtype=torch.bool, device=x.device)
@@ -70,33 +71,29 @@ class FullSequence(nn.Module):
             parts.append(torch.where(masked[..., None], mask_patch, x) + types[0])
             keep_idx.append(1 + image.patch_keep)
         n_prefix = 1 + (cfg.num_patches if image is not None else 0)
+        text_mask = vis_key_mask = None
         if text is not None:
-            ids, real = text.full_ids, text.full_mask
+            ids, text_mask = text.full_ids, text.full_mask
             hit = torch.zeros_like(ids).scatter_add_(1, text.masked_positions, text.masked_valid.long()) > 0
             ids = torch.where(hit, torch.full_like(ids, self.mask_id), ids)
-            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) * real
+            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) * text_mask
             parts.append(m.text_embed(ids, positions) + types[1])
             keep_idx.append(n_prefix + text.positions)
-            key_mask = torch.cat([torch.ones(b, n_prefix, dtype=torch.bool, device=ids.device), real], dim=1)
             n_vis_prefix = 1 + (image.patch_keep.shape[1] if image is not None else 0)
             vis_key_mask = torch.cat([torch.ones(b, n_vis_prefix, dtype=torch.bool, device=ids.device),
                                       text.attention_mask], dim=1)
-        x = torch.cat([p.to(parts[0].dtype) for p in parts], dim=1)
-        h = m.encoder(x, key_mask)  # [B, 1 + N + L, D]: the whole sequence, mask embeddings included
+        h, _ = m.forward_tokens(parts, text_mask)  # [B, 1 + N + L, D]: the whole sequence, mask embeddings included
         idx = torch.cat(keep_idx, dim=1)
         h = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # [CLS, visible] as the decoder expects
-        dec = m.decoders[self.objective]
+        out = m.forward_decoder(self.objective, h, vis_key_mask, image=image if self.objective != "mlm" else None,
+                                text=text if self.objective != "mim" else None)
         if self.objective == "mim":
-            pixels, _ = dec(h, None, patch_keep=image.patch_keep, patch_masked=image.patch_masked)
-            return mim_loss(pixels, image.images, image.patch_masked, cfg.patch_size, cfg.norm_pix_loss)["mim_loss"]
+            return mim_loss(out["pixels"], image.images, image.patch_masked, cfg.patch_size,
+                            cfg.norm_pix_loss)["mim_loss"]
         if self.objective == "mlm":
-            _, states = dec(h, vis_key_mask, text_positions=text.positions, masked_positions=text.masked_positions,
-                            masked_valid=text.masked_valid)
-            return mlm_loss(m.lm_head(states), text.masked_ids, text.masked_valid)["mlm_loss"]
-        pixels, states = dec(h, vis_key_mask, image.patch_keep, image.patch_masked, text.positions,
-                             text.masked_positions, text.masked_valid)
-        terms = cmm_loss(pixels, image.images, image.patch_masked, cfg.patch_size, cfg.norm_pix_loss,
-                         m.lm_head(states), text.masked_ids, text.masked_valid)
+            return mlm_loss(out["token_logits"], text.masked_ids, text.masked_valid)["mlm_loss"]
+        terms = cmm_loss(out["pixels"], image.images, image.patch_masked, cfg.patch_size, cfg.norm_pix_loss,
+                         out["token_logits"], text.masked_ids, text.masked_valid)
         return terms["cmm_image_loss"] + terms["cmm_text_loss"]
 
 
@@ -161,7 +158,7 @@ def run_objective(preset: str, objective: str, args, device, dtype, console) -> 
             loss_fn().backward()
         return run
 
-    visible = step(lambda: model(batch, {objective: 1.0})["loss"])
+    visible = step(lambda: PretrainTask(model)(batch, {objective: 1.0})["loss"])
     full_seq = step(lambda: full(batch))
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, fused=device.type == "cuda")
     visible()

@@ -160,7 +160,7 @@ def run_zero(zero: int, args, device, rank: int, world: int) -> dict[str, Any]:
     ds_cfg = ds_config_for(recipe, world, zero, dtype_name)
     engine, cmga, mcfg, dtype = build_cmga(recipe, ds_cfg, device)
     probe = SnapshotEngine(engine)
-    step = CMGAStep(probe, cmga.streams, cmga.dist, cmga.dtype, cmga.device, cmga.touch_unused)
+    step = CMGAStep(probe, cmga.streams, cmga.dtype, cmga.device, cmga.rank)
     gen = torch.Generator().manual_seed(rank)
     batches = {s.name: synthetic_batch(mcfg, s, gen) for s in recipe.data.streams}
     after_init = account(engine)

@@ -40,6 +40,7 @@ from ablations import ALIGN_VARIANTS, parse_variant  # noqa: E402
 from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
 from momo_ds.data.masking import draw_patch_masks  # noqa: E402
 from momo_ds.model import build_model  # noqa: E402
+from momo_ds.objectives.task import PretrainTask  # noqa: E402
 
 TARGET = 1.5  # MoMo samples/s over FLAVA's, for the stage-3 default
 VARIANTS = ("full", "masked_image", "masked", "mask50_1neg", "mask75_1neg")
@@ -152,7 +153,7 @@ def run_preset(preset: str, args, device, console) -> dict:
 
     steps, fwd_bwd = {}, {}
     for a, m in momo.items():
-        steps[f"momo_{a}"], fwd_bwd[f"momo_{a}"] = trainer(m, lambda m=m, a=a: m(batches[a], objectives)["loss"])
+        steps[f"momo_{a}"], fwd_bwd[f"momo_{a}"] = trainer(m, lambda m=m, a=a: PretrainTask(m)(batches[a], objectives)["loss"])
     steps["flava"], fwd_bwd["flava"] = trainer(flava, lambda: flava(**inputs).loss)
 
     def codebook():

@@ -33,6 +33,7 @@ from momo_ds.config import TrainConfig  # noqa: E402
 from momo_ds.engine.optim import build_optimizer, param_groups  # noqa: E402
 from momo_ds.data.collate import mask_pairs  # noqa: E402
 from momo_ds.model import build_model  # noqa: E402
+from momo_ds.objectives.task import PretrainTask  # noqa: E402
 
 # bf16 has an 8-bit mantissa: through 12+ blocks features drift by a few 1e-2 relative to fp32
 FEATURE_RTOL = 5e-2
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
         losses = {}
         for name, ctx in (("fp32", nullcontext()), ("bf16", torch.autocast(device.type, dtype=torch.bfloat16))):
             with torch.no_grad(), ctx:
-                out = m(pair, objectives, generator=torch.Generator(device=device).manual_seed(1))
+                out = PretrainTask(m)(pair, objectives, generator=torch.Generator(device=device).manual_seed(1))
             losses[name] = {k: float(v) for k, v in out.items() if k.endswith("loss")}
         results_extra["losses"] = losses
         worst = max(abs(losses["bf16"][k] - v) / max(abs(v), 1e-6) for k, v in losses["fp32"].items())

@@ -13,6 +13,7 @@ from momo_ds.data.masking import num_masked_patches
 from momo_ds.engine.cmga import CMGAStep
 from momo_ds.engine.stage import align_full_from
 from momo_ds.model import build_model
+from momo_ds.objectives.task import PretrainTask
 
 TINY = dict(depth=2, decoder_depth=1)
 
@@ -67,7 +68,7 @@ def test_contrastive_sees_exactly_the_align_patches_and_the_tail_sees_all():
 
     def itc(batch, align=None) -> torch.Tensor:
         with torch.no_grad():
-            return model(batch, {"itc": 1.0}, align_inputs=align)["itc_loss"]
+            return PretrainTask(model)(batch, {"itc": 1.0}, align_inputs=align)["itc_loss"]
 
     base = itc(pb)
     outside = replace(pb, image=replace(pb.image, images=_moved(pb.image.images, hidden)))
@@ -87,9 +88,9 @@ def test_one_negative_encodes_two_joint_sequences_per_pair_not_three():
     for negatives in (1, 2):
         model = build_model("tiny", itm_negatives=negatives, **TINY)
         seen = []
-        original = model._joint_cls
-        model._joint_cls = lambda j, f=original: seen.append(j.ids.shape[0]) or f(j)
-        out = model(pb, {"itm": 1.0}, generator=torch.Generator().manual_seed(0))
+        original = model._forward_match
+        model._forward_match = lambda j, f=original: seen.append(j.ids.shape[0]) or f(j)
+        out = PretrainTask(model)(pb, {"itm": 1.0}, generator=torch.Generator().manual_seed(0))
         assert torch.isfinite(out["itm_loss"])
         rows[negatives] = seen
     assert rows == {1: [8], 2: [12]}
@@ -126,7 +127,7 @@ class _Engine:
     def set_gradient_accumulation_boundary(self, flag):
         pass
 
-    def __call__(self, batch, **kwargs):
+    def __call__(self, batch, objectives, **kwargs):
         self.calls.append(kwargs.get("align_inputs"))
         return {"loss": torch.zeros(())}
 
@@ -138,15 +139,12 @@ class _Engine:
 
 
 def test_cmga_step_asks_for_full_inputs_in_the_tail_only_on_alignment_streams():
-    from momo_ds.objectives.dist import LOCAL
-
     images, texts = _pair_items(2)
     pb = collate_pairs(images, texts, 4, 0, 0.75, 0.75, torch.Generator().manual_seed(1))
     streams = [StreamConfig(name="pair", kind="pair", objectives={"cmm": 1.0, "itc": 1.0}),
                StreamConfig(name="cmm", kind="pair", objectives={"cmm": 1.0})]
     engine = _Engine()
-    step = CMGAStep(engine, streams, LOCAL, torch.float32, torch.device("cpu"), touch_unused=False,
-                    check_finite=False, align_full_from=3)
+    step = CMGAStep(engine, streams, torch.float32, torch.device("cpu"), check_finite=False, align_full_from=3)
     for s in range(5):
         step({"pair": pb, "cmm": pb}, s)
     assert engine.calls == [None, None] * 3 + ["full", None] * 2

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from momo_ds.objectives.task import PretrainTask
 from tests.multirank import launch, tail
 from tests.workers.cmga_setup import CLIP, STREAMS, build, global_batches, local_batches, make_optimizer
 
@@ -16,6 +17,7 @@ def reference_step():
     """Single process: mean over ranks of each rank's stream losses, the contrastive term over the full batch
     (equal to the mean of the ranks' local-rows-vs-gathered-columns losses), one clipped AdamW step."""
     model = build()
+    task = PretrainTask(model)
     opt = make_optimizer(model)
     world = 2
     loss = 0.0
@@ -23,9 +25,9 @@ def reference_step():
         local = local_batches(r, world)
         for s in STREAMS:
             objs = {k: w for k, w in s.objectives.items() if k != "itc"}
-            loss = loss + model(local[s.name], objectives=objs)["loss"] / world
+            loss = loss + task(local[s.name], objs)["loss"] / world
     pair = next(s for s in STREAMS if s.kind == "pair")
-    loss = loss + model(global_batches()["pair"], objectives={"itc": pair.objectives["itc"]})["loss"]
+    loss = loss + task(global_batches()["pair"], {"itc": pair.objectives["itc"]})["loss"]
     loss.backward()
     params = [p for p in model.parameters()]
     for p in params:  # DeepSpeed updates every parameter (zero gradient where unused): so does the reference

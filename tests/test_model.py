@@ -17,6 +17,7 @@ from momo_ds.data.collate import mask_images, mask_pairs, mask_text
 from momo_ds.data.masking import draw_patch_masks, num_masked_tokens
 from momo_ds.model import build_model
 from momo_ds.model.embeddings import sincos_2d
+from momo_ds.objectives.task import PretrainTask
 
 torch.set_num_threads(1)
 
@@ -106,7 +107,7 @@ def test_first_block_sees_only_visible_image_tokens():
     model.encoder.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
     batch = ImageBatch(images=torch.randn(2, 3, 224, 224), patch_keep=keep, patch_masked=masked)
     with torch.no_grad():
-        model(batch, {"mim": 1.0})
+        PretrainTask(model)(batch, {"mim": 1.0})
     assert seen == [(2, 1 + 49, 768)]
 
 
@@ -120,7 +121,7 @@ def test_first_block_sees_only_visible_text_tokens():
     seen = []
     model.encoder.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
     with torch.no_grad():
-        model(tb, {"mlm": 1.0})
+        PretrainTask(model)(tb, {"mlm": 1.0})
     assert seen == [(4, 1 + int(visible.max()), 128)]  # padded only up to the longest visible text
 
 
@@ -191,10 +192,10 @@ def test_sdpa_equals_math_backend():
     args = (pb.image.images, pb.text.input_ids, pb.text.positions, pb.text.attention_mask)
     with torch.no_grad():
         h_sdpa, mask = model.encode_pair(*args, patch_keep=pb.image.patch_keep)
-        out_sdpa = model(pb, {"cmm": 1.0})
+        out_sdpa = PretrainTask(model)(pb, {"cmm": 1.0})
         model.set_attn_backend("math")
         h_math, _ = model.encode_pair(*args, patch_keep=pb.image.patch_keep)
-        out_math = model(pb, {"cmm": 1.0})
+        out_math = PretrainTask(model)(pb, {"cmm": 1.0})
     torch.testing.assert_close(h_sdpa[mask], h_math[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out_sdpa["loss"], out_math["loss"], atol=1e-5, rtol=1e-5)
 
@@ -214,7 +215,7 @@ def test_extra_text_padding_changes_nothing():
         h, m = model.encode_text(tb.input_ids, tb.positions, tb.attention_mask)
         hp, mp = model.encode_text(padded.input_ids, padded.positions, padded.attention_mask)
         torch.testing.assert_close(hp[:, :h.shape[1]][m], h[m], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model(padded, {"mlm": 1.0})["loss"], model(tb, {"mlm": 1.0})["loss"])
+        torch.testing.assert_close(PretrainTask(model)(padded, {"mlm": 1.0})["loss"], PretrainTask(model)(tb, {"mlm": 1.0})["loss"])
         torch.testing.assert_close(model.text_features(padded.full_ids, padded.full_mask),
                                    model.text_features(tb.full_ids, tb.full_mask), atol=1e-5, rtol=1e-5)
 
@@ -268,7 +269,7 @@ def test_every_parameter_an_objective_uses_gets_a_gradient(objective):
     model = build_model("tiny", **TINY)
     ib, tb, pb = _batches(4)
     batch = {"mim": ib, "mlm": tb}.get(objective, pb)
-    model(batch, {objective: 1.0})["loss"].backward()
+    PretrainTask(model)(batch, {objective: 1.0})["loss"].backward()
     names = {n for n, _ in model.named_parameters()}
     prefixes = USED[objective] + ("cls_token", "type_embed.", "encoder.")
     expected = {n for n in names if n.startswith(prefixes)}
@@ -282,8 +283,8 @@ def test_touch_unused_gives_every_parameter_a_gradient(shared):
     ib, tb, pb = _batches(4)
     for batch, objectives in ((ib, {"mim": 1.0}), (tb, {"mlm": 1.0}), (pb, {"itm": 1.0}), (pb, {"cmm": 1.0})):
         model.zero_grad(set_to_none=True)
-        out = model(batch, objectives, touch_unused=True)
-        ref = model(batch, objectives, generator=torch.Generator().manual_seed(0)) if "itm" not in objectives else None
+        out = PretrainTask(model, touch_unused=True)(batch, objectives)
+        ref = PretrainTask(model)(batch, objectives, generator=torch.Generator().manual_seed(0)) if "itm" not in objectives else None
         out["loss"].backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, (objectives, missing[:5])
@@ -294,7 +295,7 @@ def test_touch_unused_gives_every_parameter_a_gradient(shared):
 def test_loss_is_weighted_sum_of_terms():
     model = build_model("tiny", **TINY)
     _, _, pb = _batches(4)
-    out = model(pb, ALL_PAIR, generator=torch.Generator().manual_seed(1))
+    out = PretrainTask(model)(pb, ALL_PAIR, generator=torch.Generator().manual_seed(1))
     assert out["loss"].dim() == 0 and not out["itm_acc"].requires_grad
     want = (out["cmm_image_loss"] + out["cmm_text_loss"]) + 0.5 * out["itc_loss"] + 0.25 * out["itm_loss"]
     torch.testing.assert_close(out["loss"], want)
@@ -308,7 +309,7 @@ def test_activation_checkpointing_keeps_outputs_and_gradients(align):
     _, _, pb = _batches(4)
     outs = []
     for m in (ref, ckpt):
-        out = m(pb, ALL_PAIR, generator=torch.Generator().manual_seed(3))
+        out = PretrainTask(m)(pb, ALL_PAIR, generator=torch.Generator().manual_seed(3))
         out["loss"].backward()
         outs.append(out)
     torch.testing.assert_close(outs[0]["loss"], outs[1]["loss"], atol=1e-6, rtol=1e-6)
@@ -337,7 +338,7 @@ def test_align_inputs_decide_what_contrastive_sees(align):
 
     def itc(batch) -> torch.Tensor:
         with torch.no_grad():
-            return model(batch, {"itc": 1.0})["itc_loss"]
+            return PretrainTask(model)(batch, {"itc": 1.0})["itc_loss"]
 
     base = itc(pb)
     image_moved = itc(replace(pb, image=replace(pb.image, images=images)))
@@ -356,7 +357,7 @@ def test_bf16_forward_is_finite(mode):
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "autocast" else nullcontext()
     for batch, obj in ((ib, {"mim": 1.0}), (tb, {"mlm": 1.0}), (pb, ALL_PAIR)):
         with ctx:
-            out = model(batch, obj, touch_unused=True)
+            out = PretrainTask(model, touch_unused=True)(batch, obj)
         assert all(torch.isfinite(v).all() for v in out.values()), obj
         out["loss"].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -382,19 +383,19 @@ def test_joint_state_reads_the_text(readout):
     _, _, pb = _batches(3)
     images, ids, mask = pb.image.images, pb.text.full_ids, pb.text.full_mask
     with torch.no_grad():
-        base = model._match_state(*model.encode_pair(images, ids, None, mask))
+        base = model.match_state(*model.encode_pair(images, ids, None, mask))
         for row in range(3):
             last = int(mask[row].sum()) - 1
             changed = ids.clone()
             changed[row, last] = changed[row, last] % (model.cfg.vocab_size - 1) + 1  # another real token
-            out = model._match_state(*model.encode_pair(images, changed, None, mask))
+            out = model.match_state(*model.encode_pair(images, changed, None, mask))
             assert not torch.allclose(out[row], base[row]), f"row {row}: the text token was ignored"
             torch.testing.assert_close(out[[r for r in range(3) if r != row]], base[[r for r in range(3) if r != row]])
         swapped = ids.clone()
         swapped[:, [0, 1]] = swapped[:, [1, 0]]  # same tokens, other positions
-        assert not torch.allclose(model._match_state(*model.encode_pair(images, swapped, None, mask)), base)
+        assert not torch.allclose(model.match_state(*model.encode_pair(images, swapped, None, mask)), base)
         padded = ids.masked_fill(~mask, 7)  # other values under padding
-        torch.testing.assert_close(model._match_state(*model.encode_pair(images, padded, None, mask)), base)
+        torch.testing.assert_close(model.match_state(*model.encode_pair(images, padded, None, mask)), base)
         if readout == "mean":
             h, key_mask = model.encode_pair(images, ids, None, mask)
             naive = torch.stack([h[r][key_mask[r]].mean(dim=0) for r in range(3)])
@@ -421,7 +422,7 @@ def test_bad_inputs_raise_one_line_value_errors():
     bad_keep = ib.patch_keep.clone()
     bad_keep[0, 0] = 64
     _one_line_error(lambda: model.encode_image(ib.images, bad_keep), "patch_keep", "out of range")
-    _one_line_error(lambda: model(ImageBatch(ib.images, bad_keep, ib.patch_masked), {"mim": 1.0}), "patch_keep")
+    _one_line_error(lambda: PretrainTask(model)(ImageBatch(ib.images, bad_keep, ib.patch_masked), {"mim": 1.0}), "patch_keep")
     ids = tb.input_ids.clone()
     ids[0, 0] = 512
     _one_line_error(lambda: model.encode_text(ids, tb.positions, tb.attention_mask), "outside the vocabulary", "512")
@@ -431,18 +432,18 @@ def test_bad_inputs_raise_one_line_value_errors():
     empty[1] = False
     _one_line_error(lambda: model.encode_text(tb.input_ids, tb.positions, empty), "empty text")
     bad_tb = TextBatch(**{**tb.__dict__, "attention_mask": empty})
-    _one_line_error(lambda: model(bad_tb, {"mlm": 1.0}), "empty text")
+    _one_line_error(lambda: PretrainTask(model)(bad_tb, {"mlm": 1.0}), "empty text")
     _one_line_error(lambda: model.text_features(torch.zeros(2, 0, dtype=torch.long)), "empty text")
     _one_line_error(lambda: model.encode_text(torch.ones(1, 65, dtype=torch.long)), "max_text_len")
     for ratio in (-0.1, 1.0, 1.5):
         _one_line_error(lambda: draw_patch_masks(2, 64, ratio), "outside [0, 1)", str(ratio))
         _one_line_error(lambda: mask_text(tb.full_ids, tb.full_mask, ratio), "outside [0, 1)")
-    _one_line_error(lambda: model(ib, {"mlm": 1.0}), "not valid for image batches")
-    _one_line_error(lambda: model(pb, {}), "empty")
-    _one_line_error(lambda: build_model("tiny", decoders=["mim"], **TINY)(tb, {"mlm": 1.0}), "decoder")
+    _one_line_error(lambda: PretrainTask(model)(ib, {"mlm": 1.0}), "not valid for image batches")
+    _one_line_error(lambda: PretrainTask(model)(pb, {}), "empty")
+    _one_line_error(lambda: PretrainTask(build_model("tiny", decoders=["mim"], **TINY))(tb, {"mlm": 1.0}), "decoder")
     one = PairBatch(ImageBatch(pb.image.images[:1], pb.image.patch_keep[:1], pb.image.patch_masked[:1]),
                     TextBatch(**{k: v[:1] for k, v in pb.text.__dict__.items()}))
-    _one_line_error(lambda: model(one, {"itm": 1.0}), "at least 2 pairs")
+    _one_line_error(lambda: PretrainTask(model)(one, {"itm": 1.0}), "at least 2 pairs")
 
 
 def test_flash_varlen_without_flash_attn_is_a_build_error():
@@ -471,9 +472,9 @@ def test_flash_varlen_packing_with_a_reference_kernel(monkeypatch):
     model = build_model("tiny", **TINY)
     _, _, pb = _batches(3)
     with torch.no_grad():
-        ref = model(pb, {"cmm": 1.0})
+        ref = PretrainTask(model)(pb, {"cmm": 1.0})
         model.set_attn_backend("flash_varlen")
-        got = model(pb, {"cmm": 1.0})
+        got = PretrainTask(model)(pb, {"cmm": 1.0})
         model.set_attn_backend("sdpa")
     for k in ("cmm_image_loss", "cmm_text_loss"):
         torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5)
@@ -529,9 +530,9 @@ def test_objective_registry_describes_what_the_model_computes():
         assert names and all(OBJECTIVES[n].kind == kind for n in names)
         weights = {n: float(i + 2) for i, n in enumerate(names)}
         with torch.no_grad():
-            out = model(batch, weights, generator=torch.Generator().manual_seed(0))
+            out = PretrainTask(model)(batch, weights, generator=torch.Generator().manual_seed(0))
         expected = sum(w * out[t] for n, w in weights.items() for t in OBJECTIVES[n].terms)
         torch.testing.assert_close(out["loss"], expected)
         for other in set(OBJECTIVES) - set(names):
             with pytest.raises(ValueError, match="not valid"):
-                model(batch, {other: 1.0})
+                PretrainTask(model)(batch, {other: 1.0})

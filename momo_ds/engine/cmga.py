@@ -60,18 +60,17 @@ class StepResult:
 class CMGAStep:
     """Runs CMGA steps on a DeepSpeed engine (or any object with the same backward/step interface)."""
 
-    def __init__(self, engine, streams: list[StreamConfig], dist_ctx, dtype: torch.dtype, device: torch.device,
-                 touch_unused: bool = True, check_finite: bool = True, seed: int = 0,
-                 align_full_from: Optional[int] = None):
-        """align_full_from: from this (0-based) step on, contrastive and ITM see unmasked pairs (FLIP's unmasked
-        tail, ``train.align_full_tail``); None: never."""
+    def __init__(self, engine, streams: list[StreamConfig], dtype: torch.dtype, device: torch.device,
+                 rank: int = 0, check_finite: bool = True, seed: int = 0, align_full_from: Optional[int] = None):
+        """engine: wraps a :class:`momo_ds.objectives.task.PretrainTask` (calls take a batch and its objectives);
+        rank: this process's rank (it seeds the ITM sampling); align_full_from: from this (0-based) step on,
+        contrastive and ITM see unmasked pairs (FLIP's unmasked tail, ``train.align_full_tail``); None: never."""
         self.engine = engine
         self.align_full_from = align_full_from
         self.streams = streams
-        self.dist = dist_ctx
         self.dtype = dtype
         self.device = device
-        self.touch_unused = touch_unused
+        self.rank = rank
         self.check_finite = check_finite
         self.seed = seed
 
@@ -86,7 +85,7 @@ class CMGAStep:
         (seed, step, stream, rank): independent of the global RNG, which loader start-up consumes, so a resumed
         run draws exactly the negatives the uninterrupted run drew."""
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.seed * 1_000_003 + step * 8191 + stream_index * 131 + self.dist.rank) % (2 ** 63))
+        g.manual_seed((self.seed * 1_000_003 + step * 8191 + stream_index * 131 + self.rank) % (2 ** 63))
         return g
 
     def backward(self, batches: dict[str, Any], step: int = 0) -> StepResult:
@@ -105,8 +104,7 @@ class CMGAStep:
             if self.align_full_from is not None and step >= self.align_full_from and {"itc", "itm"} & set(
                     stream.objectives):
                 extra["align_inputs"] = "full"
-            out = self.engine(batch, objectives=stream.objectives, dist=self.dist, touch_unused=self.touch_unused,
-                              **extra)
+            out = self.engine(batch, stream.objectives, **extra)
             for k, v in out.items():
                 terms[f"{stream.name}/{k}"] = v.detach().float()
             self.engine.backward(out["loss"])

@@ -22,6 +22,7 @@ from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, 
 from momo_ds.engine.metrics import MetricsWriter, StageConsole
 from momo_ds.engine.optim import build_optimizer, build_scheduler
 from momo_ds.model import parts
+from momo_ds.objectives.task import PretrainTask
 
 FAULT_ENV = "MOMO_FAULT_AT_STEP"  # tests: raise after this optimizer step, as if the job were killed
 
@@ -112,8 +113,9 @@ def build_engine(recipe: RecipeConfig, ds_cfg: dict[str, Any], model: torch.nn.M
     """The DeepSpeed engine (optimizer and schedule inside) and the CMGA update(s) of a stage, for a model built
     and initialised on the host in fp32. The trainer and the benchmarks build their steps with this.
 
-    returns (engine, updates): one CMGAStep over every stream, or with ``train.update=alternating`` (ablation)
-    one per stream, applied round robin.
+    returns (engine, updates): the engine wraps the model's :class:`PretrainTask` (its checkpoints name the
+    model's parameters ``model.<name>``); one CMGAStep over every stream, or with ``train.update=alternating``
+    (ablation) one per stream, applied round robin.
     """
     import deepspeed
 
@@ -123,13 +125,13 @@ def build_engine(recipe: RecipeConfig, ds_cfg: dict[str, Any], model: torch.nn.M
             buf.data = buf.data.to(dtype)
     optimizer = build_optimizer(model, recipe.train, device.type)
     scheduler = build_scheduler(optimizer, recipe.train)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
     touch = zero_stage(ds_cfg) == 3 or uses_offload(ds_cfg)
-    ctx = mdist.TorchDist.current()
-    steps = dict(touch_unused=touch, seed=recipe.train.seed, align_full_from=align_full_from(recipe.train))
+    task = PretrainTask(model, mdist.TorchDist.current(), touch_unused=touch)
+    engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    steps = dict(rank=mdist.get_rank(), seed=recipe.train.seed, align_full_from=align_full_from(recipe.train))
     if recipe.train.update == "alternating":
-        return engine, [CMGAStep(engine, [s], ctx, dtype, device, **steps) for s in recipe.data.streams]
-    return engine, [CMGAStep(engine, recipe.data.streams, ctx, dtype, device, **steps)]
+        return engine, [CMGAStep(engine, [s], dtype, device, **steps) for s in recipe.data.streams]
+    return engine, [CMGAStep(engine, recipe.data.streams, dtype, device, **steps)]
 
 
 class StageRunner:

@@ -1,7 +1,8 @@
 """The MoMo model: embeddings, attention backends, the shared encoder, decoders, heads, export.
 
     model = build_model("tiny", depth=2)          # preset name or ModelConfig, keyword overrides
-    out = model(batch, {"mim": 1.0})              # out["loss"], out["mim_loss"]
+    out = model(image_batch, "mim")               # predictions: out["pixels"] at the masked patches
+    loss = PretrainTask(model)(image_batch, {"mim": 1.0})["loss"]   # the losses: momo_ds.objectives.task
 """
 from __future__ import annotations
 

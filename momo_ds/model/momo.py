@@ -6,25 +6,20 @@ Sequences are ``[CLS] + visible patches (+2-D sin-cos position, + image type)`` 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from momo_ds.batch import ImageBatch, PairBatch, TextBatch, batch_kind
+from momo_ds.batch import ImageBatch, JointInputs, PairBatch, TextBatch
 from momo_ds.config import ModelConfig
 from momo_ds.model import export as _export
 from momo_ds.model.decoders import Decoder, build_decoders
 from momo_ds.model.embeddings import ImageEmbed, TextEmbed, Token
 from momo_ds.model.encoder import Encoder
 from momo_ds.model.heads import ContrastiveHead, TiedLMHead, init_logit_scale
-from momo_ds.model.touch import zero_touch
-from momo_ds.model.validate import check_images, check_masked_text, check_patch_indices, check_same_batch, check_text
-from momo_ds.objectives import (OBJECTIVES, JointInputs, cmm_loss, contrastive_loss, itm_loss, mim_loss, mlm_loss,
-                                objectives_for)
-from momo_ds.objectives.dist import LOCAL, DistContext
-
+from momo_ds.model.validate import (check_image_batch, check_image_inputs, check_joint, check_same_batch, check_text,
+                                     check_text_batch)
 
 
 class MoMo(nn.Module):
@@ -111,17 +106,22 @@ class MoMo(nn.Module):
         export has none (exports written before the head was exported)."""
         _export.load_exported(self, state, heads)
 
-    # -------------------------------------------------------------------------------------------- encoding
-    def _decoder(self, objective: str) -> Decoder:
-        if objective not in self.cfg.decoders:
-            raise ValueError(f"objective {objective!r} needs the {objective!r} decoder, but this model was built "
+    # --------------------------------------------------------------------------------------------- the network
+    def decoder(self, name: str) -> Decoder:
+        """The decoder an objective's ``name`` (mim | mlm | cmm) runs: its own, or the shared one."""
+        if name not in self.cfg.decoders:
+            raise ValueError(f"objective {name!r} needs the {name!r} decoder, but this model was built "
                              f"with decoders={self.cfg.decoders}")
-        return self.decoders["shared" if self.cfg.shared_decoder else objective]
+        return self.decoders["shared" if self.cfg.shared_decoder else name]
 
-    def _encode(self, images: Optional[Tensor] = None, patch_keep: Optional[Tensor] = None,
-                ids: Optional[Tensor] = None, positions: Optional[Tensor] = None,
-                text_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        """Unchecked encoder pass over [CLS, visible patches, visible text]. -> (h [B, L, D], key_mask [B, L])."""
+    def forward_features(self, images: Optional[Tensor] = None, patch_keep: Optional[Tensor] = None,
+                         ids: Optional[Tensor] = None, positions: Optional[Tensor] = None,
+                         text_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """Unchecked encoder pass over [CLS, visible patches, visible text] (either modality may be absent).
+
+        images: [B, C, H, W] with patch_keep [B, Nk] (None: every patch); ids / positions / text_mask: [B, L]
+        -> (h [B, 1 + Nk + L, D] after the final norm, key_mask [B, 1 + Nk + L] bool or None without text)
+        """
         b = (images if images is not None else ids).shape[0]
         types = self.type_embed(self.type_ids)  # [2, D]
         parts = [self.cls_token.expand(b, -1, -1)]
@@ -129,33 +129,118 @@ class MoMo(nn.Module):
             parts.append(self.image_embed(images, patch_keep) + types[0])
         if ids is not None:
             parts.append(self.text_embed(ids, positions) + types[1])
+        return self.forward_tokens(parts, text_mask)
+
+    def forward_tokens(self, parts: list[Tensor], text_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """The shared encoder over embedded tokens: parts = [[CLS] [B, 1, D], image tokens [B, Ni, D] (optional),
+        text tokens [B, L, D] (optional)], type embeddings added; text_mask [B, L] when there is text.
+        -> (h [B, 1 + Ni + L, D], key_mask [B, 1 + Ni + L] or None)"""
         x = torch.cat([p.to(parts[0].dtype) for p in parts], dim=1)
         key_mask = None
-        if ids is not None:
-            prefix = torch.ones(b, x.shape[1] - ids.shape[1], dtype=torch.bool, device=x.device)
+        if text_mask is not None:
+            prefix = torch.ones(x.shape[0], x.shape[1] - text_mask.shape[1], dtype=torch.bool, device=x.device)
             key_mask = torch.cat([prefix, text_mask], dim=1)
         return self.encoder(x, key_mask), key_mask
 
-    def _check_image_inputs(self, images: Tensor, patch_keep: Optional[Tensor], values: bool,
-                            patch_masked: Optional[Tensor] = None) -> None:
-        check_images(images, self.cfg)
-        for idx, name in ((patch_keep, "patch_keep"), (patch_masked, "patch_masked")):
-            if idx is not None:
-                check_patch_indices(idx, name, images.shape[0], self.cfg.num_patches, values)
+    def forward_decoder(self, name: str, h: Tensor, key_mask: Optional[Tensor], image: Optional[ImageBatch] = None,
+                        text: Optional[TextBatch] = None) -> dict[str, Tensor]:
+        """Decoder ``name`` over encoder output h [B, 1 + Nk + Lv, D] laid out as ``image`` / ``text`` say.
+        -> {"pixels": [B, Nm, p*p*C]} with an image, {"token_logits": [B, M, vocab]} with text (tied LM head)."""
+        dec = self.decoder(name)
+        pixels, states = dec(h, key_mask,
+                             None if image is None else image.patch_keep, None if image is None else image.patch_masked,
+                             None if text is None else text.positions, None if text is None else text.masked_positions,
+                             None if text is None else text.masked_valid)
+        out = {}
+        if image is not None:
+            out["pixels"] = pixels
+        if text is not None:
+            out["token_logits"] = self.lm_head(states)
+        return out
 
+    @staticmethod
+    def match_state_of(h: Tensor, key_mask: Tensor, readout: str) -> Tensor:
+        """Joint encoding h [n, L, D] with key_mask [n, L] -> the state the ITM head reads [n, D]: [CLS]
+        (``readout="cls"``) or the mean over [CLS], patches and real text tokens (``"mean"``)."""
+        if readout == "cls":
+            return h[:, 0]
+        weights = key_mask.to(h.dtype)[..., None]
+        return (h * weights).sum(dim=1) / weights.sum(dim=1)
+
+    def match_state(self, h: Tensor, key_mask: Tensor) -> Tensor:
+        """:meth:`match_state_of` with this model's ``itm_readout``."""
+        return self.match_state_of(h, key_mask, self.cfg.itm_readout)
+
+    #: what ``forward`` computes: output name -> the inputs it reads
+    OUTPUTS = {"mim": ImageBatch, "mlm": TextBatch, "cmm": PairBatch, "embed": JointInputs, "match": JointInputs}
+
+    def forward(self, inputs, output: str) -> dict[str, Tensor]:
+        """The predictions one objective family reads, checked inputs in, no losses out.
+
+        output "mim",   inputs ImageBatch -> {"pixels": [B, Nm, p*p*C]} (the MIM decoder at the masked patches)
+        output "mlm",   inputs TextBatch  -> {"token_logits": [B, M, vocab]} (the MLM decoder at the masked tokens)
+        output "cmm",   inputs PairBatch  -> {"pixels", "token_logits"} of the CMM decoder, and the joint encoding
+                                              it read: "features" [B, 1 + Nk + Lv, D], "key_mask" [B, 1 + Nk + Lv]
+        output "embed", inputs JointInputs -> {"image_emb", "text_emb"}: [B, proj_dim] float32 L2-normalised
+                                              contrastive embeddings of the two single-modality encodings
+        output "match", inputs JointInputs -> {"match_state": [B, D]} of the joint encoding (ITM head input)
+        Every output also holds "logit_scale" (the [1] log contrastive scale), read where it is owned (ZeRO-3
+        gathers a module's own parameters inside its forward only).
+        """
+        want = self.OUTPUTS.get(output)
+        if want is None:
+            raise ValueError(f"output {output!r}: expected one of {', '.join(self.OUTPUTS)}")
+        if not isinstance(inputs, want):
+            raise TypeError(f"output {output!r} reads a {want.__name__}, got {type(inputs).__name__}")
+        out = getattr(self, "_forward_" + output)(inputs)
+        out["logit_scale"] = self.logit_scale
+        return out
+
+    def _forward_mim(self, b: ImageBatch) -> dict[str, Tensor]:
+        check_image_batch(b, self.cfg, self._values(b.images))
+        h, _ = self.forward_features(b.images, b.patch_keep)
+        return self.forward_decoder("mim", h, None, image=b)
+
+    def _forward_mlm(self, t: TextBatch) -> dict[str, Tensor]:
+        check_text_batch(t, self.cfg, self._values(t.input_ids))
+        h, key_mask = self.forward_features(ids=t.input_ids, positions=t.positions, text_mask=t.attention_mask)
+        return self.forward_decoder("mlm", h, key_mask, text=t)
+
+    def _forward_cmm(self, p: PairBatch) -> dict[str, Tensor]:
+        im, tx = p.image, p.text
+        check_image_batch(im, self.cfg, self._values(im.images))
+        check_text_batch(tx, self.cfg, self._values(tx.input_ids))
+        check_same_batch(im.images.shape[0], tx.input_ids.shape[0])
+        h, key_mask = self.forward_features(im.images, im.patch_keep, tx.input_ids, tx.positions, tx.attention_mask)
+        return {**self.forward_decoder("cmm", h, key_mask, image=im, text=tx), "features": h, "key_mask": key_mask}
+
+    def _forward_embed(self, j: JointInputs) -> dict[str, Tensor]:
+        check_joint(j, self.cfg, self._values(j.ids))
+        image_emb = self.image_proj(self.forward_features(j.images, j.patch_keep)[0][:, 0])
+        text_emb = self.text_proj(self.forward_features(ids=j.ids, positions=j.positions, text_mask=j.mask)[0][:, 0])
+        return {"image_emb": image_emb, "text_emb": text_emb}
+
+    def _forward_match(self, j: JointInputs) -> dict[str, Tensor]:
+        check_joint(j, self.cfg, self._values(j.ids))
+        return {"match_state": self.match_state(*self.forward_features(j.images, j.patch_keep, j.ids, j.positions,
+                                                                       j.mask))}
+
+    def _values(self, t: Tensor) -> bool:
+        return self.check_values or t.device.type == "cpu"
+
+    # ------------------------------------------------------------------------------- encodings for downstream use
     def encode_image(self, images: Tensor, patch_keep: Optional[Tensor] = None) -> Tensor:
         """images: [B, C, H, W]; patch_keep: [B, Nk] visible patch indices or None (all) -> [B, 1 + Nk, D]."""
-        self._check_image_inputs(images, patch_keep, values=True)
-        return self._encode(images, patch_keep)[0]
+        check_image_inputs(images, patch_keep, self.cfg, values=True)
+        return self.forward_features(images, patch_keep)[0]
 
     def encode_text(self, ids: Tensor, positions: Optional[Tensor] = None,
                     attention_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """ids, positions: [B, L] (positions default 0..L-1); attention_mask: [B, L] bool (default all real)
         -> (h [B, 1 + L, D], key_mask [B, 1 + L] with True on [CLS] and real tokens)."""
-        positions, attention_mask = _text_defaults(ids, positions, attention_mask)
+        positions, attention_mask = text_defaults(ids, positions, attention_mask)
         check_text(ids, positions, attention_mask, self.cfg, values=True)
-        h, key_mask = self._encode(ids=ids, positions=positions, text_mask=attention_mask)
-        return h, key_mask
+        return self.forward_features(ids=ids, positions=positions, text_mask=attention_mask)
 
     def encode_pair(self, images: Tensor, ids: Tensor, positions: Optional[Tensor] = None,
                     attention_mask: Optional[Tensor] = None,
@@ -165,11 +250,11 @@ class MoMo(nn.Module):
         images: [B, C, H, W]; ids/positions/attention_mask: [B, L]; patch_keep: [B, Nk] or None (all patches)
         -> (h [B, 1 + Nk + L, D], key_mask [B, 1 + Nk + L])
         """
-        positions, attention_mask = _text_defaults(ids, positions, attention_mask)
-        self._check_image_inputs(images, patch_keep, values=True)
+        positions, attention_mask = text_defaults(ids, positions, attention_mask)
+        check_image_inputs(images, patch_keep, self.cfg, values=True)
         check_text(ids, positions, attention_mask, self.cfg, values=True)
         check_same_batch(images.shape[0], ids.shape[0])
-        return self._encode(images, patch_keep, ids, positions, attention_mask)
+        return self.forward_features(images, patch_keep, ids, positions, attention_mask)
 
     def cls_features(self, images: Tensor) -> Tensor:
         """images: [B, C, H, W] -> final-norm [CLS] state [B, D] of the unmasked image (linear probes)."""
@@ -191,153 +276,10 @@ class MoMo(nn.Module):
         patch_keep: [B, Nk] visible patches or None (all) -> [B, 2] float32 (class 1 = match, as trained)
         """
         h, key_mask = self.encode_pair(images, ids, None, attention_mask, patch_keep)
-        return self.itm_head(self._match_state(h, key_mask)).float()
-
-    # -------------------------------------------------------------------------------------------- training
-    def forward(self, batch, objectives: dict[str, float], dist: Optional[DistContext] = None,
-                touch_unused: bool = False, generator: Optional[torch.Generator] = None,
-                align_inputs: Optional[str] = None) -> dict[str, Tensor]:
-        """One micro-batch of pretraining.
-
-        batch:        ImageBatch (mim) | TextBatch (mlm) | PairBatch (any of cmm, itc, itm)
-        objectives:   objective -> weight; the cmm weight multiplies cmm_image_loss + cmm_text_loss
-        dist:         rank / world size / gathers for itc and itm (None: single process)
-        touch_unused: give every parameter this micro-batch does not use a zero gradient (ZeRO-3, offload)
-        generator:    random source of ITM negative sampling (on the batch's device)
-        align_inputs: what contrastive and ITM see for this batch, overriding ``cfg.align_inputs`` (the trainer's
-                      unmasked tail passes "full"); None: the config's
-        returns       {"loss": 0-dim weighted sum, "<term>_loss": unweighted terms, detached diagnostics}
-        """
-        kind = batch_kind(batch)
-        self._check_objectives(kind, objectives)
-        dist = dist or LOCAL
-        used: list[nn.Module] = [self.type_embed, self.encoder]
-        if kind == "image":
-            terms = self._image_terms(batch, used)
-        elif kind == "text":
-            terms = self._text_terms(batch, used)
-        else:
-            terms = self._pair_terms(batch, objectives, dist, generator, used, align_inputs or self.cfg.align_inputs)
-        loss = sum(w * terms[t] for name, w in objectives.items() for t in OBJECTIVES[name].terms)
-        if touch_unused:
-            loss = loss + self._zero_unused(used, logit_scale_used="itc" in objectives and kind == "pair")
-        return {"loss": loss, **terms}
-
-    def _check_objectives(self, kind: str, objectives: dict[str, float]) -> None:
-        allowed = objectives_for(kind)
-        if not objectives:
-            raise ValueError(f"objectives is empty; valid for {kind} batches: {', '.join(allowed)}")
-        bad = [o for o in objectives if o not in allowed]
-        if bad:
-            raise ValueError(f"objectives {bad} are not valid for {kind} batches; valid: {', '.join(allowed)}")
-
-    def _values(self, t: Tensor) -> bool:
-        return self.check_values or t.device.type == "cpu"
-
-    def _image_terms(self, b: ImageBatch, used: list[nn.Module]) -> dict[str, Tensor]:
-        self._check_image_inputs(b.images, b.patch_keep, self._values(b.images), b.patch_masked)
-        dec = self._decoder("mim")
-        h, _ = self._encode(b.images, b.patch_keep)
-        pixels, _ = dec(h, None, patch_keep=b.patch_keep, patch_masked=b.patch_masked)
-        used += [self.image_embed, *dec.part_modules(image=True, text=False)]
-        return mim_loss(pixels, b.images, b.patch_masked, self.cfg.patch_size, self.cfg.norm_pix_loss)
-
-    def _check_text_batch(self, t: TextBatch) -> None:
-        values = self._values(t.input_ids)
-        check_text(t.input_ids, t.positions, t.attention_mask, self.cfg, values)
-        check_masked_text(t.masked_positions, t.masked_ids, t.masked_valid, t.input_ids.shape[0], self.cfg, values)
-
-    def _text_terms(self, t: TextBatch, used: list[nn.Module]) -> dict[str, Tensor]:
-        self._check_text_batch(t)
-        dec = self._decoder("mlm")
-        h, key_mask = self._encode(ids=t.input_ids, positions=t.positions, text_mask=t.attention_mask)
-        _, states = dec(h, key_mask, text_positions=t.positions, masked_positions=t.masked_positions,
-                        masked_valid=t.masked_valid)
-        used += [self.text_embed, self.lm_head, *dec.part_modules(image=False, text=True)]
-        return mlm_loss(self.lm_head(states), t.masked_ids, t.masked_valid)
-
-    def _pair_terms(self, p: PairBatch, objectives: dict[str, float], dist: DistContext,
-                    generator: Optional[torch.Generator], used: list[nn.Module], align: str) -> dict[str, Tensor]:
-        im, tx = p.image, p.text
-        self._check_image_inputs(im.images, im.patch_keep, self._values(im.images), im.patch_masked)
-        self._check_text_batch(tx)
-        check_same_batch(im.images.shape[0], tx.input_ids.shape[0])
-        used += [self.image_embed, self.text_embed]
-        terms: dict[str, Tensor] = {}
-        positive_cls = None
-        if "cmm" in objectives:
-            dec = self._decoder("cmm")
-            h, key_mask = self._encode(im.images, im.patch_keep, tx.input_ids, tx.positions, tx.attention_mask)
-            pixels, states = dec(h, key_mask, im.patch_keep, im.patch_masked, tx.positions, tx.masked_positions,
-                                 tx.masked_valid)
-            terms.update(cmm_loss(pixels, im.images, im.patch_masked, self.cfg.patch_size, self.cfg.norm_pix_loss,
-                                  self.lm_head(states), tx.masked_ids, tx.masked_valid))
-            used += [self.lm_head, *dec.part_modules(image=True, text=True)]
-            if align == "masked":
-                positive_cls = self._match_state(h, key_mask)  # ITM positives = the CMM inputs: reuse them
-        if "itc" in objectives or "itm" in objectives:
-            inputs = self._align_inputs(p, align)
-            with nullcontext() if "itc" in objectives else torch.no_grad():
-                image_emb = self.image_proj(self._encode(inputs.images, inputs.patch_keep)[0][:, 0])
-                text_emb = self.text_proj(self._encode(ids=inputs.ids, positions=inputs.positions,
-                                                       text_mask=inputs.mask)[0][:, 0])
-            if "itc" in objectives:
-                terms.update(contrastive_loss(image_emb, text_emb, self.logit_scale, dist))
-                used += [self.image_proj, self.text_proj]
-            if "itm" in objectives:
-                terms.update(itm_loss(image_emb, text_emb, self.logit_scale, inputs, self._joint_cls, self.itm_head,
-                                      dist, self.cfg.pad_token_id, generator, positive_cls,
-                                      hardness=self.cfg.itm_hardness, negatives=self.cfg.itm_negatives))
-                used.append(self.itm_head)
-        return terms
-
-    def _align_inputs(self, p: PairBatch, mode: str) -> JointInputs:
-        """What contrastive and ITM see (``mode``: ``cfg.align_inputs`` or the forward's override).
-
-        "full": the unmasked pair; "masked_image": the whole caption with the patches of ``p.align_keep`` when
-        the loader drew them (the stream's own ratio), else the CMM-visible patches (image masking as in FLIP,
-        text kept: it is the cheap side); "masked": exactly the CMM inputs.
-        """
-        tx = p.text
-        if mode == "masked":
-            return JointInputs(p.image.images, p.image.patch_keep, tx.input_ids, tx.positions, tx.attention_mask)
-        if tx.full_mask.shape != tx.full_ids.shape:
-            raise ValueError(f"full_mask {tuple(tx.full_mask.shape)} must have the shape of full_ids "
-                             f"{tuple(tx.full_ids.shape)}")
-        positions = _text_defaults(tx.full_ids, None, tx.full_mask)[0]
-        check_text(tx.full_ids, positions, tx.full_mask, self.cfg, self._values(tx.full_ids), name="full_ids")
-        patch_keep = None
-        if mode == "masked_image":
-            patch_keep = p.image.patch_keep if p.align_keep is None else p.align_keep
-            if p.align_keep is not None:
-                check_patch_indices(p.align_keep, "align_keep", p.batch_size, self.cfg.num_patches,
-                                    self._values(p.align_keep))
-        return JointInputs(p.image.images, patch_keep, tx.full_ids, positions, tx.full_mask)
-
-    def _joint_cls(self, j: JointInputs) -> Tensor:
-        """JointInputs of n pairs -> the joint state the ITM head reads [n, D]: [CLS], or with
-        ``itm_readout="mean"`` the mean over [CLS], patches and real text tokens."""
-        return self._match_state(*self._encode(j.images, j.patch_keep, j.ids, j.positions, j.mask))
-
-    def _match_state(self, h: Tensor, key_mask: Tensor) -> Tensor:
-        """Joint encoding h [n, L, D] with key_mask [n, L] -> the state the ITM head reads [n, D]."""
-        if self.cfg.itm_readout == "cls":
-            return h[:, 0]
-        weights = key_mask.to(h.dtype)[..., None]
-        return (h * weights).sum(dim=1) / weights.sum(dim=1)
-
-    def _zero_unused(self, used: list[nn.Module], logit_scale_used: bool) -> Tensor:
-        """0 * (outputs of every parameter-owning module not in ``used``) and of unused root parameters."""
-        seen = {id(m) for u in used if u is not None for m in u.modules()}
-        unused = [m for m in self.modules() if m is not self and id(m) not in seen
-                  and next(m.parameters(recurse=False), None) is not None]
-        zero = zero_touch(unused).to(self.logit_scale.device)
-        if not logit_scale_used:
-            zero = zero + 0.0 * self.logit_scale.float().sum()
-        return zero
+        return self.itm_head(self.match_state(h, key_mask)).float()
 
 
-def _text_defaults(ids: Tensor, positions: Optional[Tensor], mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def text_defaults(ids: Tensor, positions: Optional[Tensor], mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Positions 0..L-1 (0 on padding) and an all-real mask where not given."""
     if mask is None:
         mask = torch.ones_like(ids, dtype=torch.bool)

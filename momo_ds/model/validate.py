@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from momo_ds.batch import ImageBatch, JointInputs, TextBatch
 from momo_ds.config import ModelConfig
 
 
@@ -97,3 +98,28 @@ def check_same_batch(*sizes: Optional[int]) -> None:
     real = [s for s in sizes if s is not None]
     if len(set(real)) > 1:
         raise ValueError(f"batch sizes of the inputs differ: {real}")
+
+
+def check_image_inputs(images: Tensor, patch_keep: Optional[Tensor], cfg: ModelConfig, values: bool,
+                       patch_masked: Optional[Tensor] = None) -> None:
+    """images [B, C, H, W] and the patch index sets given with them."""
+    check_images(images, cfg)
+    for idx, name in ((patch_keep, "patch_keep"), (patch_masked, "patch_masked")):
+        if idx is not None:
+            check_patch_indices(idx, name, images.shape[0], cfg.num_patches, values)
+
+
+def check_image_batch(b: ImageBatch, cfg: ModelConfig, values: bool) -> None:
+    check_image_inputs(b.images, b.patch_keep, cfg, values, b.patch_masked)
+
+
+def check_text_batch(t: TextBatch, cfg: ModelConfig, values: bool) -> None:
+    check_text(t.input_ids, t.positions, t.attention_mask, cfg, values)
+    check_masked_text(t.masked_positions, t.masked_ids, t.masked_valid, t.input_ids.shape[0], cfg, values)
+
+
+def check_joint(j: JointInputs, cfg: ModelConfig, values: bool) -> None:
+    """Pairs as contrastive and ITM see them."""
+    check_image_inputs(j.images, j.patch_keep, cfg, values)
+    check_text(j.ids, j.positions, j.mask, cfg, values, name="ids")
+    check_same_batch(j.images.shape[0], j.ids.shape[0])

@@ -1,4 +1,6 @@
-"""Pretraining losses, one per file; pure functions on tensors returning dicts of named ``*_loss`` terms.
+"""Pretraining losses, one per file; pure functions on tensors returning dicts of named ``*_loss`` terms, and
+the task layer that applies them to the model (:class:`momo_ds.objectives.task.PretrainTask`, imported from its
+module: it depends on the model, the losses do not).
 
 Distributed pieces (rank, world size, gathers) arrive as a :class:`DistContext`; nothing here imports
 torch.distributed.

@@ -8,58 +8,15 @@ with labels 1, 0, 0 — or, with one negative per pair, over [positives; one neg
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from momo_ds.batch import JointInputs
 from momo_ds.objectives.contrastive import logit_scale_value
 from momo_ds.objectives.dist import LOCAL, DistContext
-
-
-@dataclass
-class JointInputs:
-    """Raw inputs of the joint encoder for a set of pairs.
-
-    images: [B, C, H, W]; patch_keep: [B, Nk] visible patches or None (all patches)
-    ids, positions: [B, L] int64 text tokens and their positions; mask: [B, L] bool (True = real token)
-    """
-
-    images: Tensor
-    patch_keep: Optional[Tensor]
-    ids: Tensor
-    positions: Tensor
-    mask: Tensor
-
-    def gather(self, dist: DistContext, pad_id: int) -> "JointInputs":
-        """Every rank's inputs, concatenated in rank order (text padded to the longest rank). No gradient.
-
-        The three text tensors travel as one [B, L, 3] tensor: one length exchange (a host sync) and one gather
-        instead of three of each. Padding is (pad_id, position 0, mask False), as the loader pads.
-        """
-        if dist.world_size == 1:
-            return self
-        images = dist.gather(self.images)
-        patch_keep = None if self.patch_keep is None else dist.gather(self.patch_keep)
-        text = torch.stack([self.ids, self.positions, self.mask.long()], dim=2)
-        # gather_padded pads with one scalar: pad with -1 (no id, position or mask value) and then put the
-        # per-channel padding values back
-        text = dist.gather_padded(text, -1)
-        pad = torch.tensor([pad_id, 0, 0], dtype=text.dtype, device=text.device)
-        text = torch.where(text == -1, pad, text)
-        return JointInputs(images, patch_keep, ids=text[..., 0], positions=text[..., 1], mask=text[..., 2].bool())
-
-    def select(self, image_idx: Tensor, text_idx: Tensor) -> "JointInputs":
-        """Pairs (images[image_idx[k]], text[text_idx[k]]) -> JointInputs of len(image_idx) rows."""
-        return JointInputs(
-            images=self.images.index_select(0, image_idx),
-            patch_keep=None if self.patch_keep is None else self.patch_keep.index_select(0, image_idx),
-            ids=self.ids.index_select(0, text_idx),
-            positions=self.positions.index_select(0, text_idx),
-            mask=self.mask.index_select(0, text_idx),
-        )
 
 
 def sample_hard_negatives(sim_i2t: Tensor, sim_t2i: Tensor, rank: int,

@@ -16,6 +16,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from momo_ds import distributed as mdist  # noqa: E402
 from momo_ds.engine.cmga import CMGAStep  # noqa: E402
+from momo_ds.objectives.task import PretrainTask  # noqa: E402
 from tests.workers.cmga_setup import STREAMS, build, ds_config, local_batches, make_optimizer  # noqa: E402
 
 
@@ -24,13 +25,13 @@ def main(out: Path, zeros: list[int]) -> None:
     rank, world = mdist.get_rank(), mdist.get_world_size()
     for zero in zeros:
         model = build()
-        engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(model), config=ds_config(zero, world))
-        step = CMGAStep(engine, STREAMS, mdist.TorchDist.current(), torch.float32, torch.device("cpu"),
-                        touch_unused=True)
+        task = PretrainTask(model, mdist.TorchDist.current(), touch_unused=True)
+        engine, *_ = deepspeed.initialize(model=task, optimizer=make_optimizer(model), config=ds_config(zero, world))
+        step = CMGAStep(engine, STREAMS, torch.float32, torch.device("cpu"), rank=rank)
         result = step.backward(local_batches(rank, world))
-        grads = {n: safe_get_full_grad(p) for n, p in engine.module.named_parameters()}  # at the boundary
+        grads = {n: safe_get_full_grad(p) for n, p in model.named_parameters()}  # at the boundary
         engine.step()
-        params = {n: safe_get_full_fp32_param(p).detach().clone() for n, p in engine.module.named_parameters()}
+        params = {n: safe_get_full_fp32_param(p).detach().clone() for n, p in model.named_parameters()}
         norm = float(engine.get_global_grad_norm())
         terms = {k: float(v) for k, v in result.terms.items()}
         if rank == 0:
