@@ -12,7 +12,7 @@ decoders see identical inputs (1 + N patches, 1 + L tokens) and only the encoder
 
 Shapes come from the packaged recipes (stage-1 image stream, stage-2 text stream, stage-3 pair stream; CMM with
 its 75 %/75 % masks); batch sizes are the recipes' on GPU and smaller on the CPU. Timings are medians of repeats
-with the two variants interleaved. Also reported: the analytic FLOP ratio (benchmarks/common.py), the AdamW step
+with the two variants interleaved. Also reported: the analytic FLOP ratio (momo_ds.model.flops), the AdamW step
 time, and the step ratio with it (the "full training step" ratio); with the math backend the FLOPs torch's
 FlopCounterMode counts, which must equal the analytic count on padded lengths.
 """
@@ -60,40 +60,41 @@ class FullSequence(nn.Module):
         image = batch.image if isinstance(batch, PairBatch) else batch if isinstance(batch, ImageBatch) else None
         text = batch.text if isinstance(batch, PairBatch) else batch if isinstance(batch, TextBatch) else None
         b = (image.images if image is not None else text.input_ids).shape[0]
-        types = m.type_embed(m.type_ids)
-        parts = [m.cls_token.expand(b, -1, -1)]
         keep_idx = [torch.zeros(b, 1, dtype=torch.long, device=m.type_ids.device)]  # [CLS] is output row 0
+        image_embeds = ids = positions = text_mask = vis_key_mask = None
         if image is not None:
             x = m.image_embed(image.images)  # [B, N, D], every patch with its position
             masked = torch.zeros(b, cfg.num_patches, dtype=torch.bool, device=x.device)
             masked.scatter_(1, image.patch_masked, True)
             mask_patch = self.mask_embed.to(x.dtype) + m.image_embed.pos_embed.to(x.dtype)
-            parts.append(torch.where(masked[..., None], mask_patch, x) + types[0])
+            image_embeds = torch.where(masked[..., None], mask_patch, x)
             keep_idx.append(1 + image.patch_keep)
         n_prefix = 1 + (cfg.num_patches if image is not None else 0)
-        text_mask = vis_key_mask = None
         if text is not None:
             ids, text_mask = text.full_ids, text.full_mask
             hit = torch.zeros_like(ids).scatter_add_(1, text.masked_positions, text.masked_valid.long()) > 0
             ids = torch.where(hit, torch.full_like(ids, self.mask_id), ids)
             positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) * text_mask
-            parts.append(m.text_embed(ids, positions) + types[1])
             keep_idx.append(n_prefix + text.positions)
             n_vis_prefix = 1 + (image.patch_keep.shape[1] if image is not None else 0)
             vis_key_mask = torch.cat([torch.ones(b, n_vis_prefix, dtype=torch.bool, device=ids.device),
                                       text.attention_mask], dim=1)
-        h, _ = m.forward_tokens(parts, text_mask)  # [B, 1 + N + L, D]: the whole sequence, mask embeddings included
+        # the whole sequence [B, 1 + N + L, D], mask embeddings included
+        h, _ = m.forward_features(ids=ids, positions=positions, text_mask=text_mask, image_embeds=image_embeds)
         idx = torch.cat(keep_idx, dim=1)
         h = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # [CLS, visible] as the decoder expects
-        out = m.forward_decoder(self.objective, h, vis_key_mask, image=image if self.objective != "mlm" else None,
-                                text=text if self.objective != "mim" else None)
+        im = image if self.objective != "mlm" else None
+        tx = text if self.objective != "mim" else None
+        pixels, states = m.decoder(self.objective)(
+            h, vis_key_mask, None if im is None else im.patch_keep, None if im is None else im.patch_masked,
+            None if tx is None else tx.positions, None if tx is None else tx.masked_positions,
+            None if tx is None else tx.masked_valid)
         if self.objective == "mim":
-            return mim_loss(out["pixels"], image.images, image.patch_masked, cfg.patch_size,
-                            cfg.norm_pix_loss)["mim_loss"]
+            return mim_loss(pixels, image.images, image.patch_masked, cfg.patch_size, cfg.norm_pix_loss)["mim_loss"]
         if self.objective == "mlm":
-            return mlm_loss(out["token_logits"], text.masked_ids, text.masked_valid)["mlm_loss"]
-        terms = cmm_loss(out["pixels"], image.images, image.patch_masked, cfg.patch_size, cfg.norm_pix_loss,
-                         out["token_logits"], text.masked_ids, text.masked_valid)
+            return mlm_loss(m.lm_head(states), text.masked_ids, text.masked_valid)["mlm_loss"]
+        terms = cmm_loss(pixels, image.images, image.patch_masked, cfg.patch_size, cfg.norm_pix_loss,
+                         m.lm_head(states), text.masked_ids, text.masked_valid)
         return terms["cmm_image_loss"] + terms["cmm_text_loss"]
 
 
@@ -137,12 +138,54 @@ def available_backends(device: torch.device) -> list[str]:
     return out
 
 
-def run_objective(preset: str, objective: str, args, device, dtype, console) -> list[dict]:
+def objective_stream(preset: str, objective: str, args, device):
+    """The packaged recipe's stream that trains ``objective`` (stage 1 images, 2 texts, 3 pairs), with this run's
+    batch size: --batch, 4 with --quick, the recipe's on a GPU, CPU_BATCH on the CPU."""
     stage, kind = OBJECTIVE_STREAM[objective]
     recipe = load_recipe(packaged_recipe(preset, stage))
     stream = next(s for s in recipe.data.streams if s.kind == kind)
     stream.batch_size = args.batch or (4 if args.quick else stream.batch_size if device.type == "cuda"
                                        else CPU_BATCH.get(preset, 4))
+    return stream
+
+
+def backward_step(params: list, loss_fn):
+    """A callable that clears the gradients of ``params`` and runs forward + backward of ``loss_fn``."""
+    def run():
+        for p in params:
+            p.grad = None
+        loss_fn().backward()
+    return run
+
+
+def objective_row(preset: str, objective: str, backend: str, stream, timing: dict, t_opt: float, flops: dict,
+                  flops_padded: dict, counted) -> dict:
+    """One result row: both variants' medians and their ratios, with and without the AdamW step, and the FLOPs."""
+    tv, tf = timing["visible"].median, timing["full"].median
+    kind = stream.kind
+    return {
+        "preset": preset, "objective": objective, "backend": backend, "batch": stream.batch_size,
+        "image_mask_ratio": stream.image_mask_ratio if kind != "text" else None,
+        "text_mask_ratio": stream.text_mask_ratio if kind != "image" else None,
+        "max_text_len": stream.max_text_len if kind != "image" else None,
+        "visible_s": tv, "full_s": tf, "optimizer_s": t_opt,
+        "time_ratio": tf / tv, "step_ratio_with_optimizer": (tf + t_opt) / (tv + t_opt),
+        "time_ratio_of_minima": min(timing["full"].times) / min(timing["visible"].times),
+        "flops_visible": flops["visible"], "flops_full": flops["full"],
+        "flop_ratio": flops["full"] / flops["visible"],
+        "encoder_flop_ratio": flops["full_encoder"] / flops["visible_encoder"],
+        "flops_padded_visible": flops_padded["visible"], "flops_padded_full": flops_padded["full"],
+        "flops_counted": counted,
+        "visible_tflops_per_s": flops["visible"] / tv / 1e12, "full_tflops_per_s": flops["full"] / tf / 1e12,
+        "samples_per_s_visible": stream.batch_size / tv, "samples_per_s_full": stream.batch_size / tf,
+        "timings": {k: v.as_dict() for k, v in timing.items()},
+    }
+
+
+def run_objective(preset: str, objective: str, args, device, dtype, console) -> list[dict]:
+    """Time the visible-only and full-sequence training steps of ``objective`` on one synthetic batch, once per
+    attention backend -> a row per backend."""
+    stream = objective_stream(preset, objective, args, device)
     torch.manual_seed(0)
     model = build_model(preset, decoders=[objective]).to(device=device, dtype=dtype)
     full = FullSequence(model, objective).to(device=device, dtype=dtype)
@@ -150,16 +193,8 @@ def run_objective(preset: str, objective: str, args, device, dtype, console) -> 
     host = synthetic_batch(model.cfg, stream, gen, args.min_text_frac)
     batch = cast_floats(host, dtype, device)
     params = [p for p in full.parameters()]
-
-    def step(loss_fn):
-        def run():
-            for p in params:
-                p.grad = None
-            loss_fn().backward()
-        return run
-
-    visible = step(lambda: PretrainTask(model)(batch, {objective: 1.0})["loss"])
-    full_seq = step(lambda: full(batch))
+    visible = backward_step(params, lambda: PretrainTask(model)(batch, {objective: 1.0})["loss"])
+    full_seq = backward_step(params, lambda: full(batch))
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, fused=device.type == "cuda")
     visible()
 
@@ -173,27 +208,11 @@ def run_objective(preset: str, objective: str, args, device, dtype, console) -> 
     for backend in args.backends:
         model.set_attn_backend(backend)
         timing = time_interleaved({"visible": visible, "full": full_seq}, device, args.warmup, args.repeats)
-        tv, tf = timing["visible"].median, timing["full"].median
         counted = None
         if backend == "math" and not args.no_flop_count:
             counted = {"visible": counted_flops(visible), "full": counted_flops(full_seq)}
-        rows.append({
-            "preset": preset, "objective": objective, "backend": backend, "batch": stream.batch_size,
-            "image_mask_ratio": stream.image_mask_ratio if kind != "text" else None,
-            "text_mask_ratio": stream.text_mask_ratio if kind != "image" else None,
-            "max_text_len": stream.max_text_len if kind != "image" else None,
-            "visible_s": tv, "full_s": tf, "optimizer_s": t_opt,
-            "time_ratio": tf / tv, "step_ratio_with_optimizer": (tf + t_opt) / (tv + t_opt),
-            "time_ratio_of_minima": min(timing["full"].times) / min(timing["visible"].times),
-            "flops_visible": flops["visible"], "flops_full": flops["full"],
-            "flop_ratio": flops["full"] / flops["visible"],
-            "encoder_flop_ratio": flops["full_encoder"] / flops["visible_encoder"],
-            "flops_padded_visible": flops_padded["visible"], "flops_padded_full": flops_padded["full"],
-            "flops_counted": counted,
-            "visible_tflops_per_s": flops["visible"] / tv / 1e12, "full_tflops_per_s": flops["full"] / tf / 1e12,
-            "samples_per_s_visible": stream.batch_size / tv, "samples_per_s_full": stream.batch_size / tf,
-            "timings": {k: v.as_dict() for k, v in timing.items()},
-        })
+        rows.append(objective_row(preset, objective, backend, stream, timing, t_opt, flops, flops_padded, counted))
+        tv, tf = rows[-1]["visible_s"], rows[-1]["full_s"]
         console.print(f"  {preset} {objective} {backend}: visible {tv * 1e3:.1f} ms, full {tf * 1e3:.1f} ms "
                       f"(x{tf / tv:.2f}; FLOPs x{flops['full'] / flops['visible']:.2f})")
     del model, full, opt

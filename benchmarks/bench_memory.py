@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,7 +36,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from common import (build_cmga, count_params, ds_config_for, init_distributed, local_device,  # noqa: E402
-                    make_console, make_report, print_table, quiet_deepspeed, relaunch_under_torchrun, sync,
+                    make_console, make_report, print_table, quiet_deepspeed, relaunch_script, sync,
                     synthetic_batch, under_torchrun, write_json)
 from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
 
@@ -238,9 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the results here (rank 0)")
     args = p.parse_args(argv)
     if not under_torchrun():
-        json_path = args.json or str(Path(tempfile.mkdtemp()) / "bench_memory.json")
-        child = list(argv if argv is not None else sys.argv[1:]) + ([] if args.json else ["--json", json_path])
-        return relaunch_under_torchrun(str(Path(__file__).resolve()), child, args.ranks, json_path)
+        return relaunch_script(__file__, argv, args.json, args.ranks)
     device = local_device()
     rank, world = init_distributed(device)
     quiet_deepspeed()

@@ -93,32 +93,44 @@ def counted_flops(fn) -> float:
     return float(fc.get_total_flops())
 
 
-def run_preset(preset: str, args, device, console) -> dict:
-    from transformers import FlavaConfig, FlavaForPreTraining
-
+def pair_stream(preset: str, args, device):
+    """(stage-3 recipe, its pair stream) with this run's batch size and text length and the pair objectives."""
     recipe = load_recipe(packaged_recipe(preset, 3))
     stream = next(s for s in recipe.data.streams if s.kind == "pair")
     stream.batch_size = args.batch or (4 if args.quick else stream.batch_size if device.type == "cuda"
                                        else CPU_BATCH.get(preset, 2))
     stream.max_text_len = args.text_len or stream.max_text_len
     stream.objectives = {"cmm": 1.0, "itc": 1.0, "itm": 1.0}
-    amp = device.type == "cuda" and train_dtype(device) == torch.bfloat16
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    return recipe, stream
+
+
+def momo_variants(preset: str, recipe, device) -> tuple[dict, dict]:
+    """({variant: MoMo model with the variant's model settings}, {variant: its stream settings}), seeded alike."""
     torch.manual_seed(0)
     momo, stream_sets = {}, {}
     for v in VARIANTS:
         model_sets, stream_sets[v], _ = parse_variant(ALIGN_VARIANTS[v])
         momo[v] = build_model(preset, decoders=["cmm"], **{**recipe.model, **model_sets}).to(device)
-    mcfg = momo["full"].cfg
-    gen = torch.Generator().manual_seed(0)
-    host = synthetic_batch(mcfg, stream, gen, args.min_text_frac)
-    hosts = {v: host for v in VARIANTS}  # the same pairs and CMM masks for every variant
+    return momo, stream_sets
+
+
+def variant_batches(host, stream, mcfg, stream_sets: dict) -> dict:
+    """{variant: host batch}: the same pairs and CMM masks for every variant; a variant with its own
+    align_mask_ratio gets a separate contrastive/ITM patch mask (align_keep [B, kept])."""
+    hosts = {v: host for v in VARIANTS}
     for v, sets in stream_sets.items():
         if sets.get("align_mask_ratio") is not None:
             keep = draw_patch_masks(stream.batch_size, mcfg.num_patches, sets["align_mask_ratio"],
                                     torch.Generator().manual_seed(1))[0]
             hosts[v] = dataclasses.replace(host, align_keep=keep)
-    batches = {v: h.to(device) for v, h in hosts.items()}
+    return hosts
+
+
+def build_flava_peer(preset: str, args, mcfg, device):
+    """(FlavaForPreTraining in train mode, its config, codebook pixel size, what the config is): FlavaConfig() for
+    base (or --flava-config default), else scaled to MoMo-tiny; its image size must be MoMo's."""
+    from transformers import FlavaConfig, FlavaForPreTraining
+
     if preset == "base" or args.flava_config == "default":
         fcfg, codebook_px = FlavaConfig(), 112
         flava_note = "FlavaConfig() defaults"
@@ -128,50 +140,45 @@ def run_preset(preset: str, args, device, console) -> dict:
     img_cfg = fcfg.image_config
     if img_cfg.image_size != mcfg.img_size:
         raise ValueError(f"FLAVA image size {img_cfg.image_size} != MoMo's {mcfg.img_size}")
-    flava = FlavaForPreTraining(fcfg).to(device).train()
-    grid = img_cfg.image_size // img_cfg.patch_size
-    inputs = flava_inputs(host.image.images, host.text.full_ids, host.text.full_mask, grid, codebook_px,
-                          fcfg.text_config.vocab_size, gen)
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    objectives = stream.objectives
+    return FlavaForPreTraining(fcfg).to(device).train(), fcfg, codebook_px, flava_note
 
-    def trainer(model, loss_fn):
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss = loss_fn()
-            loss.backward()
-            opt.step()
-        def fwd_bwd():
-            with autocast():
-                loss = loss_fn()
-            loss.backward()
-        return step, fwd_bwd
+def trainer(model, loss_fn, device, autocast):
+    """(full step: zero_grad + forward + backward + AdamW, forward + backward alone) of ``model``'s trainable
+    parameters under ``autocast``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
 
-    steps, fwd_bwd = {}, {}
-    for a, m in momo.items():
-        steps[f"momo_{a}"], fwd_bwd[f"momo_{a}"] = trainer(m, lambda m=m, a=a: PretrainTask(m)(batches[a], objectives)["loss"])
-    steps["flava"], fwd_bwd["flava"] = trainer(flava, lambda: flava(**inputs).loss)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
 
-    def codebook():
-        with torch.no_grad(), autocast():
-            flava.image_codebook.get_codebook_indices(inputs["codebook_pixel_values"])
+    def fwd_bwd():
+        with autocast():
+            loss = loss_fn()
+        loss.backward()
+    return step, fwd_bwd
 
-    timing = time_interleaved({**steps, "flava_codebook": codebook}, device, args.warmup, args.repeats)
-    b = stream.batch_size
+
+def flops_per_sample(fwd_bwd: dict, b: int, device, console) -> dict[str, float]:
+    """{name: counted FLOPs per sample} of one forward + backward each; a count that runs out of memory is left
+    out."""
     counted = {}
-    if not args.no_flop_count:
-        for name, fn in fwd_bwd.items():
-            try:
-                counted[name] = counted_flops(fn) / b
-            except torch.OutOfMemoryError:  # math attention materialises the scores; the count is optional
-                console.print(f"  {name}: out of memory counting FLOPs (use --batch or --no-flop-count)")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    analytic = {a: training_flops(m.cfg, hosts[a], objectives)["total"] / b for a, m in momo.items()}
+    for name, fn in fwd_bwd.items():
+        try:
+            counted[name] = counted_flops(fn) / b
+        except torch.OutOfMemoryError:  # math attention materialises the scores; the count is optional
+            console.print(f"  {name}: out of memory counting FLOPs (use --batch or --no-flop-count)")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return counted
+
+
+def variant_results(steps: dict, timing: dict, b: int, counted: dict, analytic: dict) -> dict[str, dict]:
+    """{name: step time, samples/s, speed-up over FLAVA, FLOPs per sample} for every timed model."""
     t_flava = timing["flava"].median
     variants = {}
     for name in steps:
@@ -181,14 +188,52 @@ def run_preset(preset: str, args, device, console) -> dict:
         if name.startswith("momo_"):
             variants[name]["flops_per_sample_analytic"] = analytic[name[5:]]
     variants["flava"]["codebook_s"] = timing["flava_codebook"].median
+    return variants
+
+
+def param_counts(momo: dict, flava) -> dict[str, int]:
+    return {"momo_total": count_params(momo["full"]),
+            "momo_exported_encoder": sum(v.numel() for v in momo["full"].export_state_dict().values()),
+            "flava_total": count_params(flava), "flava_trainable": count_params(flava, True),
+            "flava_codebook": count_params(flava.image_codebook) if flava.image_codebook else 0}
+
+
+def run_preset(preset: str, args, device, console) -> dict:
+    """Time every MoMo variant's pair step and FLAVA's, interleaved, on the same synthetic pairs -> a result row."""
+    recipe, stream = pair_stream(preset, args, device)
+    amp = device.type == "cuda" and train_dtype(device) == torch.bfloat16
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    momo, stream_sets = momo_variants(preset, recipe, device)
+    mcfg = momo["full"].cfg
+    gen = torch.Generator().manual_seed(0)
+    host = synthetic_batch(mcfg, stream, gen, args.min_text_frac)
+    hosts = variant_batches(host, stream, mcfg, stream_sets)
+    batches = {v: h.to(device) for v, h in hosts.items()}
+    flava, fcfg, codebook_px, flava_note = build_flava_peer(preset, args, mcfg, device)
+    grid = fcfg.image_config.image_size // fcfg.image_config.patch_size
+    inputs = flava_inputs(host.image.images, host.text.full_ids, host.text.full_mask, grid, codebook_px,
+                          fcfg.text_config.vocab_size, gen)
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    objectives = stream.objectives
+    steps, fwd_bwd = {}, {}
+    for a, m in momo.items():
+        steps[f"momo_{a}"], fwd_bwd[f"momo_{a}"] = trainer(
+            m, lambda m=m, a=a: PretrainTask(m)(batches[a], objectives)["loss"], device, autocast)
+    steps["flava"], fwd_bwd["flava"] = trainer(flava, lambda: flava(**inputs).loss, device, autocast)
+
+    def codebook():
+        with torch.no_grad(), autocast():
+            flava.image_codebook.get_codebook_indices(inputs["codebook_pixel_values"])
+
+    timing = time_interleaved({**steps, "flava_codebook": codebook}, device, args.warmup, args.repeats)
+    b = stream.batch_size
+    counted = {} if args.no_flop_count else flops_per_sample(fwd_bwd, b, device, console)
+    analytic = {a: training_flops(m.cfg, hosts[a], objectives)["total"] / b for a, m in momo.items()}
+    variants = variant_results(steps, timing, b, counted, analytic)
     row = {"preset": preset, "batch": b, "image_size": mcfg.img_size, "text_len": stream.max_text_len,
            "image_mask": {"momo": stream.image_mask_ratio, "flava": FLAVA_IMAGE_MASK},
            "text_mask": {"momo": stream.text_mask_ratio, "flava": FLAVA_TEXT_MASK}, "flava_config": flava_note,
-           "autocast_bf16": amp, "variants": variants,
-           "params": {"momo_total": count_params(momo["full"]),
-                      "momo_exported_encoder": sum(v.numel() for v in momo["full"].export_state_dict().values()),
-                      "flava_total": count_params(flava), "flava_trainable": count_params(flava, True),
-                      "flava_codebook": count_params(flava.image_codebook) if flava.image_codebook else 0}}
+           "autocast_bf16": amp, "variants": variants, "params": param_counts(momo, flava)}
     for name, v in variants.items():
         console.print(f"  {preset} {name}: {v['samples_per_s']:.2f} samples/s (x{v['speedup_vs_flava']:.2f} FLAVA)")
     del momo, flava

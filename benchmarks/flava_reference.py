@@ -65,29 +65,29 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor  # noqa: E402
 
-from bench_peers import FLAVA_IMAGE_MASK, FLAVA_TEXT_MASK, counted_flops, scaled_flava_config  # noqa: E402
+from bench_peers import FLAVA_IMAGE_MASK, FLAVA_TEXT_MASK, counted_flops  # noqa: E402
 from common import count_params, make_console, make_report, print_table, set_threads, write_json  # noqa: E402
+from flava_data import (IGNORE, ITM_NEGATIVES, StepInputs, TextIds, itm_negatives, mlm_targets,  # noqa: E402
+                        pair_inputs, stage3_data)
+from flava_model import build_flava, build_optimizer, evaluate, step_losses  # noqa: E402
 from momo_ds.config import load_recipe, packaged_recipe  # noqa: E402
 from momo_ds.data.rng import mix_seed  # noqa: E402
-from momo_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+# the runner's names, and the FLAVA input helpers of flava_data that are reached through this module
+__all__ = ["IGNORE", "LOSS_TERMS", "MOMO_STAGE3_TFLOP", "QUICK", "REFERENCE_STEPS", "REFERENCE_WARMUP", "TextIds",
+           "flop_matched_steps", "itm_negatives", "main", "mlm_targets", "momo_target_flops", "pair_inputs",
+           "parse_args", "run_seed", "summarize"]
 
 MOMO_STAGE3_TFLOP = 23.1  # 160 tiny stage-3 steps of the align ablation's "full" variant
 # The budget the align ablation compares at: its "full" variant for 160 steps with 16 warm-up steps (the tiny
 # stage-3 recipe before 2026-12-02, whose FLOPs the recipe's 286 steps now spend); FLAVA warms up the same share.
 REFERENCE_STEPS, REFERENCE_WARMUP = 160, 16
-IGNORE = -100  # cross-entropy's ignore index, FlavaConfig.ce_ignore_index
-ITM_NEGATIVES = 0.1  # torchmultimodal's FLAVA VLDataModule: itm_probability
-LOGIT_LAPLACE_EPS = 0.1  # FLAVA's codebook input map
-NO_DECAY_SUFFIXES = ("embeddings.weight", "position_embeddings", "cls_token", "mask_token", "logit_scale")
 LOSS_TERMS = ("global_contrastive", "itm", "mmm_text", "mmm_image", "mlm")
 QUICK = dict(num=256, steps=4, batch=16, text_batch=16, workers=0)
 
@@ -114,230 +114,60 @@ def momo_target_flops(match_tflop: Optional[float], momo_steps: int) -> tuple[fl
                                           f"ablations.stage3_flops() failed: {type(e).__name__}: {e}")
 
 
-# -------------------------------------------------------------------------------------------------------- data
-def stage3_data(out: Path, seed: int, num: int, pair_batch: int, text_batch: int, workers: Optional[int]):
-    """(DataConfig of MoMo's tiny stage 3 on the seed's synthetic train shards, loader masks off; SyntheticInfo;
-    the recipe). text_batch 0 drops the text stream."""
-    from momo_ds.data import resolve_synthetic
-
-    recipe = load_recipe(packaged_recipe("tiny", 3))
-    data = dataclasses.replace(recipe.data, seed=seed, synthetic_num=num,
-                               num_workers=recipe.data.num_workers if workers is None else workers)
-    data, info = resolve_synthetic(data, out / f"data_seed{seed}")
-    streams = []
-    for s in data.streams:
-        size = pair_batch if s.kind == "pair" else text_batch
-        if size > 0:  # the names stay "text" / "pair": the loader's seeds derive from them
-            streams.append(dataclasses.replace(s, batch_size=size, image_mask_ratio=0.0, text_mask_ratio=0.0,
-                                               align_mask_ratio=None))
-    return dataclasses.replace(data, streams=streams), info, recipe
-
-
-@dataclasses.dataclass
-class TextIds:
-    """The synthetic WordPiece's special ids FLAVA needs (momo_ds batches carry none) and its size."""
-
-    cls: int
-    mask: int
-    pad: int
-    vocab: int
-    first_word: int  # ids below it are special tokens: never drawn as MLM's random replacements
-
-    @classmethod
-    def load(cls, tokenizer_json: str) -> "TextIds":
-        from tokenizers import Tokenizer
-
-        from momo_ds.data.text import SPECIAL_TOKENS
-
-        tok = Tokenizer.from_file(tokenizer_json)
-        special = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
-        missing = [t for t, i in special.items() if i is None]
-        if missing:
-            raise ValueError(f"{tokenizer_json}: no {', '.join(missing)} token")
-        return cls(special["[CLS]"], special["[MASK]"], special["[PAD]"], tok.get_vocab_size(),
-                   max(special.values()) + 1)
-
-
-def with_cls(ids: Tensor, mask: Tensor, cls_id: int) -> tuple[Tensor, Tensor]:
-    """ids [B, L], mask [B, L] (bool or 0/1) -> [B, 1 + L] each, [CLS] first (mask: long, as FLAVA takes it)."""
-    b = ids.shape[0]
-    return (torch.cat([ids.new_full((b, 1), cls_id), ids], dim=1),
-            torch.cat([mask.new_ones((b, 1)), mask], dim=1).long())
-
-
-def mlm_targets(ids: Tensor, mask: Tensor, text: TextIds, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """FLAVA's text masking (BERT's, through transformers' MLM collators): 15 % of the real tokens are picked (at
-    least one per text, so that no batch is without targets); of those 80 % become [MASK], 10 % a random word and
-    10 % stay. ids [B, L], mask [B, L] bool -> (input ids [B, L], labels [B, L]: the ids where picked, else IGNORE)."""
-    pick = (torch.rand(ids.shape, generator=gen) < FLAVA_TEXT_MASK) & mask
-    pick[:, 0] |= ~pick.any(dim=1)
-    how = torch.rand(ids.shape, generator=gen)
-    random_words = torch.randint(text.first_word, max(text.first_word + 1, text.vocab), ids.shape, generator=gen)
-    masked = torch.where(pick & (how < 0.8), torch.full_like(ids, text.mask), ids)
-    masked = torch.where(pick & (how >= 0.8) & (how < 0.9), random_words, masked)
-    return masked, torch.where(pick, ids, torch.full_like(ids, IGNORE))
-
-
-def itm_negatives(ids: Tensor, mask: Tensor, rate: float, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """FLAVA's ITM sampling (torchmultimodal's VLTransform: with probability ``itm_probability``, 0.1 in its
-    VLDataModule, a pair's caption is replaced by another sample's): the picked rows pass their captions round
-    among themselves in a random cycle, so no caption is in the batch twice (the contrastive loss, which keeps
-    every caption as a candidate, meets no copy of a positive's caption). A drawn caption token-identical to the
-    row's own (templated captions repeat) still matches: label 1.
-    ids [B, L], mask [B, L] -> (ids, mask, itm_labels [B] int64: 1 = match)."""
-    b = ids.shape[0]
-    picked = torch.nonzero(torch.rand(b, generator=gen) < rate).flatten()
-    source = torch.arange(b)
-    if picked.numel() >= 2:  # one row alone has no other caption to take
-        cycle = picked[torch.randperm(picked.numel(), generator=gen)]
-        source[cycle] = cycle.roll(1)
-    new_ids, new_mask = ids[source], mask[source]
-    same = (new_ids == ids).all(dim=1) & (new_mask == mask).all(dim=1)  # unpicked rows: their own caption
-    return new_ids, new_mask, same.long()
-
-
-def random_patch_mask(b: int, n: int, gen: torch.Generator) -> Tensor:
-    """[B, N] bool: FLAVA_IMAGE_MASK of each image's patches, uniformly at random (FLAVA masks blocks)."""
-    k = max(1, round(FLAVA_IMAGE_MASK * n))
-    order = torch.rand(b, n, generator=gen).argsort(dim=1)
-    return torch.zeros(b, n, dtype=torch.bool).scatter_(1, order[:, :k], True)
-
-
-def codebook_pixels(images: Tensor, size: int) -> Tensor:
-    """ImageNet-normalised images [B, 3, H, W] -> the codebook's input [B, 3, size, size]: [0, 1] pixels through
-    FLAVA's logit-Laplace map (x * 0.8 + 0.1)."""
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    px = F.interpolate((images * std + mean).clamp(0, 1), size=(size, size), mode="bilinear", align_corners=False)
-    return px * (1 - 2 * LOGIT_LAPLACE_EPS) + LOGIT_LAPLACE_EPS
-
-
-def pair_inputs(batch, grid: int, codebook_px: int, text: TextIds, gen: torch.Generator, itm_rate: float,
-                with_codebook: bool) -> dict:
-    """A PairBatch -> FlavaForPreTraining.forward's keyword arguments for contrastive + ITM + MMM-text (and
-    MMM-image with a codebook; without one, all-ignored MIM labels on unmasked images: see the module docstring)."""
-    images, b = batch.image.images, batch.batch_size
-    ids, mask, itm = itm_negatives(batch.text.full_ids, batch.text.full_mask, itm_rate, gen)
-    masked, labels = mlm_targets(ids, mask, text, gen)
-    ids, attention = with_cls(ids, mask, text.cls)
-    x = {"input_ids": ids, "input_ids_masked": with_cls(masked, mask, text.cls)[0], "attention_mask": attention,
-         "mlm_labels": F.pad(labels, (1, 0), value=IGNORE), "pixel_values": images, "itm_labels": itm,
-         "return_loss": True}
-    if with_codebook:
-        x["bool_masked_pos"] = random_patch_mask(b, grid * grid, gen)
-        x["codebook_pixel_values"] = codebook_pixels(images, codebook_px)
-    else:
-        x["bool_masked_pos"] = torch.zeros(b, grid * grid, dtype=torch.bool)
-        x["mim_labels"] = torch.full((b, grid * grid), IGNORE, dtype=torch.long)
-    return x
-
-
-def text_inputs(batch, text: TextIds, gen: torch.Generator) -> dict:
-    """A TextBatch -> keyword arguments of a text-only MLM forward (no input_ids: the unmasked pass has nothing to
-    encode, no pixels: no contrastive, ITM or multimodal encoder)."""
-    masked, labels = mlm_targets(batch.full_ids, batch.full_mask, text, gen)
-    masked, attention = with_cls(masked, batch.full_mask, text.cls)
-    return {"input_ids_masked": masked, "attention_mask": attention, "return_loss": True,
-            "mlm_labels": F.pad(labels, (1, 0), value=IGNORE)}
-
-
-# ------------------------------------------------------------------------------------------------------- model
-def build_flava(mcfg, with_codebook: bool):
-    """(FlavaForPreTraining at MoMo-tiny's shapes, random init; codebook pixel size)."""
-    from transformers import FlavaForPreTraining
-
-    fcfg, codebook_px = scaled_flava_config(mcfg)
-    fcfg.text_config.max_position_embeddings = mcfg.max_text_len + 1  # MoMo's text table plus FLAVA's [CLS]
-    fcfg.init_codebook = with_codebook
-    if not with_codebook:
-        fcfg.mim_weight = fcfg.mmm_image_weight = 0.0
-    return FlavaForPreTraining(fcfg), codebook_px
-
-
-class _DecayView:
-    """What momo_ds.engine.optim.param_groups reads, with FLAVA's embeddings, [CLS]/mask tokens and temperature
-    named as not decayed (MoMo's rule; FLAVA lists none itself)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def named_parameters(self):
-        return self.model.named_parameters()
-
-    def no_weight_decay(self) -> list[str]:
-        return [n for n, _ in self.model.named_parameters() if n.endswith(NO_DECAY_SUFFIXES)]
-
-
-def build_optimizer(flava, train_cfg, steps: int, lr: float):
-    """AdamW + warm-up/cosine schedule of momo_ds.engine.optim, the recipe's settings stretched to ``steps``."""
-    from momo_ds.engine.optim import build_optimizer as momo_optimizer
-    from momo_ds.engine.optim import build_scheduler
-
-    warmup = round(steps * train_cfg.warmup_steps / train_cfg.max_steps)
-    cfg = dataclasses.replace(train_cfg, lr=lr, min_lr=train_cfg.min_lr * lr / train_cfg.lr, max_steps=steps,
-                              warmup_steps=warmup)
-    opt = momo_optimizer(_DecayView(flava), cfg, "cpu")
-    return opt, build_scheduler(opt, cfg), cfg
-
-
-def step_losses(flava, inputs: dict[str, dict]) -> tuple[Tensor, dict[str, float]]:
-    """Forward every stream's inputs -> (summed loss, FLAVA's loss terms)."""
-    total, terms = 0.0, {}
-    for x in inputs.values():
-        out = flava(**x)
-        total = total + out.loss
-        terms.update({k: float(v.detach()) for k, v in out.loss_info.items() if v is not None})
-    terms["loss"] = float(total.detach())
-    return total, terms
-
-
-# -------------------------------------------------------------------------------------------------- evaluation
-class FlavaEvalView:
-    """The methods momo_ds.eval's retrieval (image_features, text_features) and ITM (+ match_logits, cfg) call,
-    answered by FLAVA. Texts arrive as momo_ds ids; [CLS] is put in front here."""
-
-    def __init__(self, flava, ids: TextIds):
-        self.flava, self.ids = flava, ids
-        self.cfg = SimpleNamespace(pad_token_id=ids.pad)
-
-    def image_features(self, images: Tensor) -> Tensor:
-        """[B, 3, H, W] -> [B, P]: the projected, normalised [CLS] state global contrastive trains."""
-        out = self.flava.flava.get_image_features(pixel_values=images)
-        return F.normalize(out.pooler_output[:, 0], dim=-1)
-
-    def text_features(self, ids: Tensor, mask: Tensor) -> Tensor:
-        ids, mask = with_cls(ids, mask, self.ids.cls)
-        out = self.flava.flava.get_text_features(input_ids=ids, attention_mask=mask)
-        return F.normalize(out.pooler_output[:, 0], dim=-1)
-
-    def match_logits(self, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        """[B, 2] ITM logits (class 1 = match, FLAVA's itm_labels) of the unmasked pairs."""
-        ids, mask = with_cls(ids, mask, self.ids.cls)
-        out = self.flava.flava(input_ids=ids, pixel_values=images, attention_mask=mask, skip_multimodal_encoder=False)
-        return self.flava.itm_head(out.multimodal_embeddings).float()
-
-
-@torch.no_grad()
-def evaluate(flava, info, ids: TextIds, mcfg, itm: bool = True) -> dict:
-    """Held-out retrieval (and ITM) on the pair val split, as evaluate_synthetic runs them for MoMo."""
-    from momo_ds.data import build_eval_loader, load_tokenizer
-    from momo_ds.eval.itm import evaluate_itm
-    from momo_ds.eval.retrieval import evaluate_retrieval
-    from momo_ds.eval.runner import DEFAULT_MAX_LEN
-
-    cpu = torch.device("cpu")
-    loader = build_eval_loader([info.shards["pair"]["val"]], "pair", tokenizer=load_tokenizer(info.tokenizer),
-                               image_size=mcfg.img_size, patch_size=mcfg.patch_size, batch_size=256,
-                               max_text_len=min(DEFAULT_MAX_LEN, mcfg.max_text_len))
-    view = FlavaEvalView(flava.eval(), ids)
-    report = {"retrieval": evaluate_retrieval(view, loader, cpu)}
-    if itm:
-        report["itm"] = evaluate_itm(view, loader, cpu)
-    flava.train()
-    return report
-
-
 # ---------------------------------------------------------------------------------------------------- training
+def train_step(flava, inputs: dict[str, dict], opt, sched, params: list, grad_clip: float) -> dict[str, float]:
+    """One optimizer step on every stream's summed loss, gradients clipped -> the loss terms, grad norm and lr."""
+    loss, terms = step_losses(flava, inputs)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    terms["lr"] = sched.get_last_lr()[0]
+    opt.step()
+    sched.step()
+    return terms
+
+
+def train(flava, loader, first: dict, inputs_of: StepInputs, steps: int, optim: tuple, seed: int, args,
+          console) -> tuple[list[dict], float]:
+    """``steps`` training steps, the first on the already drawn ``first`` inputs; ``optim`` is (optimizer,
+    scheduler, TrainConfig). Logs every --log-every steps -> (per-step loss terms, training seconds)."""
+    opt, sched, train_cfg = optim
+    params = [p for p in flava.parameters() if p.requires_grad]
+    history, window_t, window_n = [], time.perf_counter(), 0
+    t_train = time.perf_counter()
+    for step in range(steps):
+        inputs = first if step == 0 else inputs_of(loader.next())
+        terms = train_step(flava, inputs, opt, sched, params, train_cfg.grad_clip)
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise FloatingPointError(f"seed {seed} step {step}: non-finite loss {terms}")
+        history.append({"step": step, **terms})
+        window_n += args.batch
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
+            rate = window_n / (time.perf_counter() - window_t)
+            shown = " ".join(f"{k} {terms[k]:.3f}" for k in (*LOSS_TERMS, "loss") if k in terms)
+            console.print(f"seed {seed}: step {step + 1}/{steps} {shown} lr {terms['lr']:.2e} {rate:.1f} pairs/s",
+                          highlight=False)
+            window_t, window_n = time.perf_counter(), 0
+    return history, time.perf_counter() - t_train
+
+
+def seed_row(seed: int, flop_counts: dict, train_s: float, wall_s: float, ev: dict, history: list[dict], flava,
+             args) -> dict:
+    """A seed's result row: steps and FLOPs (``flop_counts``: steps, steps_flop_matched, step_flops,
+    match_flops), times, held-out retrieval R@K and ITM accuracy, and the loss history."""
+    ret, itm = ev["retrieval"], ev.get("itm", {})
+    steps, step_flops = flop_counts["steps"], flop_counts["step_flops"]
+    return {"seed": seed, **flop_counts, "train_tflop": steps * step_flops / 1e12, "train_s": train_s,
+            "wall_s": wall_s,
+            "tr_r1": ret["tr@1_pct"], "ir_r1": ret["ir@1_pct"], "tr_r5": ret["tr@5_pct"], "ir_r5": ret["ir@5_pct"],
+            "tr_r10": ret["tr@10_pct"], "ir_r10": ret["ir@10_pct"],
+            "r1": (ret["tr@1_pct"] + ret["ir@1_pct"]) / 2, "r10": (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2,
+            "itm_random_bacc": itm.get("itm_random_bacc_pct"), "itm_hard_bacc": itm.get("itm_hard_bacc_pct"),
+            "retrieval": ret, "itm": itm or None, "first_losses": history[0], "final_losses": history[-1],
+            "history": history[:: max(1, args.log_every // 2)] + history[-1:],
+            "params_trainable": count_params(flava, True), "eval_pairs": ret["texts"]}
+
+
 def run_seed(seed: int, args, target: float, console) -> dict:
     """Train FLAVA for one seed and evaluate it -> a result row."""
     from momo_ds.data import build_stage_loader, load_tokenizer
@@ -349,61 +179,26 @@ def run_seed(seed: int, args, target: float, console) -> dict:
     torch.manual_seed(seed)
     flava, codebook_px = build_flava(mcfg, args.with_codebook)
     flava.train()
-    grid = mcfg.img_size // mcfg.patch_size
     gen = torch.Generator().manual_seed(mix_seed(seed, "flava_reference", "masks"))
     loader = build_stage_loader(data, tokenizer=load_tokenizer(info.tokenizer), patch_size=mcfg.patch_size)
-
-    def inputs_of(batches: dict) -> dict[str, dict]:
-        return {name: pair_inputs(b, grid, codebook_px, ids, gen, args.itm_negatives, args.with_codebook)
-                if name == "pair" else text_inputs(b, ids, gen) for name, b in batches.items()}
-
+    inputs_of = StepInputs(mcfg.img_size // mcfg.patch_size, codebook_px, ids, gen, args.itm_negatives,
+                           args.with_codebook)
     first = inputs_of(loader.next())
     step_flops = counted_flops(lambda: step_losses(flava, first)[0].backward())
     flava.zero_grad(set_to_none=True)
     matched = flop_matched_steps(target, step_flops)
     steps = args.steps or matched
     reference = dataclasses.replace(recipe.train, max_steps=REFERENCE_STEPS, warmup_steps=REFERENCE_WARMUP)
-    opt, sched, train_cfg = build_optimizer(flava, reference, steps, args.lr)
-    params = [p for p in flava.parameters() if p.requires_grad]
+    optim = build_optimizer(flava, reference, steps, args.lr)
     console.print(f"seed {seed}: FLAVA {count_params(flava, True) / 1e6:.2f}M trainable params, "
                   f"{step_flops / 1e9:.1f} GFLOP/step (counted) -> {matched} FLOP-matched steps; training {steps}")
-    history, window_t, window_n = [], time.perf_counter(), 0
-    t_train = time.perf_counter()
-    for step in range(steps):
-        inputs = first if step == 0 else inputs_of(loader.next())
-        loss, terms = step_losses(flava, inputs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip))
-        terms["lr"] = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        if not all(math.isfinite(v) for v in terms.values()):
-            raise FloatingPointError(f"seed {seed} step {step}: non-finite loss {terms}")
-        history.append({"step": step, **terms})
-        window_n += args.batch
-        if (step + 1) % args.log_every == 0 or step + 1 == steps:
-            rate = window_n / (time.perf_counter() - window_t)
-            shown = " ".join(f"{k} {terms[k]:.3f}" for k in (*LOSS_TERMS, "loss") if k in terms)
-            console.print(f"seed {seed}: step {step + 1}/{steps} {shown} lr {terms['lr']:.2e} {rate:.1f} pairs/s",
-                          highlight=False)
-            window_t, window_n = time.perf_counter(), 0
-    train_s = time.perf_counter() - t_train
+    history, train_s = train(flava, loader, first, inputs_of, steps, optim, seed, args, console)
     loader.close()
     ev = evaluate(flava, info, ids, mcfg, itm=not args.no_itm)
-    ret, itm = ev["retrieval"], ev.get("itm", {})
-    row = {"seed": seed, "steps": steps, "steps_flop_matched": matched, "step_flops": step_flops,
-           "match_flops": target, "train_tflop": steps * step_flops / 1e12, "train_s": train_s,
-           "wall_s": time.perf_counter() - t0,
-           "tr_r1": ret["tr@1_pct"], "ir_r1": ret["ir@1_pct"], "tr_r5": ret["tr@5_pct"], "ir_r5": ret["ir@5_pct"],
-           "tr_r10": ret["tr@10_pct"], "ir_r10": ret["ir@10_pct"],
-           "r1": (ret["tr@1_pct"] + ret["ir@1_pct"]) / 2, "r10": (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2,
-           "itm_random_bacc": itm.get("itm_random_bacc_pct"), "itm_hard_bacc": itm.get("itm_hard_bacc_pct"),
-           "retrieval": ret, "itm": itm or None, "first_losses": history[0], "final_losses": history[-1],
-           "history": history[:: max(1, args.log_every // 2)] + history[-1:],
-           "params_trainable": count_params(flava, True), "eval_pairs": ret["texts"]}
+    flop_counts = {"steps": steps, "steps_flop_matched": matched, "step_flops": step_flops, "match_flops": target}
+    row = seed_row(seed, flop_counts, train_s, time.perf_counter() - t0, ev, history, flava, args)
     console.print(f"seed {seed}: R@1 TR/IR {row['tr_r1']:.1f}/{row['ir_r1']:.1f}, R@10 TR/IR "
-                  f"{row['tr_r10']:.1f}/{row['ir_r10']:.1f} ({ret['images']:.0f} images), ITM random "
+                  f"{row['tr_r10']:.1f}/{row['ir_r10']:.1f} ({ev['retrieval']['images']:.0f} images), ITM random "
                   f"{row['itm_random_bacc']}, {row['wall_s']:.0f} s", highlight=False)
     return row
 

@@ -1,4 +1,5 @@
-"""Typed configuration: dataclasses, YAML loading and dotted command-line overrides.
+"""Typed configuration: the config dataclasses, presets and recipe loading (the key rules live in
+:mod:`momo_ds.typed`, the dotted command-line overrides in :mod:`momo_ds.overrides`).
 
 A recipe is a YAML file whose top-level keys are the fields of :class:`RecipeConfig`. Every key is checked:
 an unknown or mistyped key raises :class:`ConfigError` naming the key and the valid ones.
@@ -7,9 +8,6 @@ an unknown or mistyped key raises :class:`ConfigError` naming the key and the va
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +16,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from momo_ds.objectives.registry import BATCH_KINDS, DECODERS, decoders_for, objectives_for
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names it."""
+from momo_ds.overrides import apply_overrides
+from momo_ds.typed import ConfigError, check_choices, from_dict
 
 
 # ----------------------------------------------------------------------------------------------------------- model
@@ -34,17 +30,6 @@ Update = Literal["cmga", "alternating"]
 ALIGN_INPUTS = typing.get_args(AlignInputs)
 ITM_READOUTS = typing.get_args(ItmReadout)
 assert typing.get_args(BatchKind) == BATCH_KINDS, "config and objective registry disagree on batch kinds"
-
-
-def check_choices(cfg, where: str) -> None:
-    """Every ``Literal[...]`` field of a config dataclass holds one of its values (the one place enumerated
-    values are checked: dataclasses built in code bypass the YAML loader's type checks)."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
-        value = getattr(cfg, f.name)
-        if choices and (value not in choices or isinstance(value, bool)):  # True == 1 in Python
-            raise ConfigError(f"{where}.{f.name}={value!r}; valid: {', '.join(map(str, choices))}")
 
 
 @dataclass
@@ -143,6 +128,9 @@ class StreamConfig:
     # pair streams, model.align_inputs=masked_image: the share of patches contrastive and ITM do not see, drawn
     # independently of CMM's mask (FLIP's image masking); None: they see the CMM-visible patches
     align_mask_ratio: Optional[float] = None
+    # draw each loader slot's shards with replacement (webdataset's ResampledShards, seeded) instead of epoch
+    # windows: no coverage guarantee, never an empty slot; for mixtures of many more shards than are read per run
+    resampled: bool = False
 
     def validate(self, where: str) -> "StreamConfig":
         check_choices(self, where)
@@ -251,191 +239,6 @@ class RecipeConfig:
             raise ConfigError(f"data.streams.{masked[0]}.align_mask_ratio needs model.align_inputs=masked_image "
                               f"(it is {model.align_inputs!r})")
         return self
-
-
-# ------------------------------------------------------------------------------------------------ generic loading
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value, tp, key: str):
-    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:  # membership is checked by check_choices, with the valid values in the message
-        choices = typing.get_args(tp)
-        if value not in choices and isinstance(value, str) and str(value) in map(str, choices):
-            return next(c for c in choices if str(c) == value)
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def from_dict(cls, values: dict, where: str = ""):
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in values if k not in names]
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"unknown config key {key!r}; valid keys{' of ' + where if where else ''}: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**kwargs)
-
-
-def to_dict(cfg) -> dict:
-    """Plain-dict form of a config dataclass (for saving beside checkpoints)."""
-    return dataclasses.asdict(cfg)
-
-
-def _set_dotted(tree: dict, dotted: str, value) -> None:
-    """Set ``value`` at ``a.b.0.c`` inside nested dicts/lists. A list is indexed by an integer, or by the
-    ``name`` of one of its mappings (``data.streams.pair.shards``)."""
-    parts = dotted.split(".")
-    node = tree
-    for i, p in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
-        if isinstance(node, list):
-            node = node[_list_index(node, p, dotted, ".".join(parts[:i + 1]))]
-        else:
-            if p not in node or node[p] is None:
-                node[p] = [] if nxt.isdigit() else {}
-            node = node[p]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, dotted, dotted)] = value
-    else:
-        node[last] = value
-
-
-def _list_index(items: list, part: str, dotted: str, where: str) -> int:
-    if part.isdigit() and int(part) < len(items):
-        return int(part)
-    names = [x.get("name") for x in items if isinstance(x, dict)]
-    if not part.isdigit() and part in names:
-        return names.index(part)
-    valid = f"0..{len(items) - 1}" if items else "none"
-    if any(names):
-        valid += " or a name: " + ", ".join(str(n) for n in names)
-    raise ConfigError(f"override {dotted!r}: {where} is not a valid list index (valid: {valid})")
-
-
-def split_shard_list(raw: str) -> list[str]:
-    """``[a-{000..009}.tar, b.tar]`` (brackets optional) -> ``["a-{000..009}.tar", "b.tar"]``.
-
-    Shard patterns are not parsed as YAML: a brace pattern inside a flow list (``[x-{0..9}.tar]``) is a YAML
-    syntax error, and webdataset's own ``{a,b}`` alternatives contain commas. Items are split at commas outside
-    braces; surrounding quotes are dropped.
-    """
-    text = raw.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    items, depth, current = [], 0, ""
-    for ch in text:
-        depth += (ch == "{") - (ch == "}")
-        if ch == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    items.append(current)
-    out = [item.strip().strip("'\"").strip() for item in items]
-    return [item for item in out if item]
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``key.path=value`` -> (key, value). Values are YAML, except shard lists (see :func:`split_shard_list`)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key.path=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {item!r}: empty key")
-    if key.split(".")[-1] == "shards":
-        return key, split_shard_list(raw)
-    if raw == "":
-        return key, ""
-    try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        reason = str(e).splitlines()[0]
-        raise ConfigError(f"override {key}={raw}: the value is not valid YAML ({reason}); quote the whole "
-                          f"override for the shell, e.g. --set '{key}=...'") from None
-
-
-def check_repeated_shards(overrides: list[str]) -> None:
-    """Several ``shards=`` overrides of one key are an error, not "last wins": it is what the shell makes of an
-    unquoted brace pattern (``--set x.shards=[a-{0..9}.tar]`` becomes ten words, one shard each)."""
-    seen: dict[str, list[str]] = {}
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        if key.strip().split(".")[-1] == "shards":
-            seen.setdefault(key.strip(), []).append(raw)
-    for key, values in seen.items():
-        if len(values) > 1:
-            raise ConfigError(
-                f"{key} is given {len(values)} times ({values[0]}, {values[1]}, ...); an unquoted brace pattern "
-                f"is expanded by the shell into one override per shard: quote it, e.g. "
-                f"--set '{key}=[/data/train-{{000000..000099}}.tar]'")
-
-
-def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """Apply ``key.path=value`` strings to a nested dict; returns a new dict."""
-    tree = copy.deepcopy(tree)
-    check_repeated_shards(list(overrides or []))
-    for item in overrides or []:
-        key, value = parse_override(item)
-        _set_dotted(tree, key, value)
-    return tree
 
 
 def load_yaml(path: Union[str, Path]) -> dict:

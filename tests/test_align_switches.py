@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from momo_ds.config import ConfigError, RecipeConfig, StreamConfig, TrainConfig, from_dict
+from momo_ds.config import ConfigError, RecipeConfig, StreamConfig, TrainConfig
+from momo_ds.typed import from_dict
 from momo_ds.data.collate import collate_pairs
 from momo_ds.data.masking import num_masked_patches
 from momo_ds.engine.cmga import CMGAStep

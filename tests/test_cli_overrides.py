@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from momo_ds.config import ConfigError, load_recipe, packaged_recipe, split_shard_list
+from momo_ds.config import ConfigError, load_recipe, packaged_recipe
+from momo_ds.overrides import split_shard_list
 from momo_ds.engine.recipes import SYNTHETIC_OFF, load_run_recipes
 from momo_ds.engine.run import parse_args, stage_recipes
 

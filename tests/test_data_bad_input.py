@@ -1,7 +1,6 @@
 """Bad input: skipped and counted per stream and reason (also from worker processes); bad streams fail at start."""
 from __future__ import annotations
 
-import io
 import pickle
 import tarfile
 from pathlib import Path

@@ -80,8 +80,8 @@ def test_repeat_factor_epoch_windows():
 
 def test_resampled_mode_is_deterministic_and_infinite(tmp_path, tok):
     shards = write_image_shards(tmp_path, 8, 4, size=(16, 16))
-    spec = StreamSpec(stream=StreamConfig(name="img", kind="image", batch_size=4), urls=shards, image_size=16,
-                      patch_size=8, resampled=True, shuffle_buffer=2, seed=5)
+    spec = StreamSpec(stream=StreamConfig(name="img", kind="image", batch_size=4, resampled=True), urls=shards,
+                      image_size=16, patch_size=8, shuffle_buffer=2, seed=5)
     a = _slot_labels(spec, tok, 0, 1, 10)
     b = _slot_labels(spec, tok, 0, 1, 10)
     assert a == b and len(a) == 40 and set(a) <= set(range(8))

@@ -13,7 +13,9 @@ from PIL import Image
 
 from momo_ds.data import build_eval_loader
 from momo_ds.data.fixtures import encode_image, train_test_tokenizer
-from momo_ds.data.shard_writer import write_captions, write_image_folder, write_texts
+from momo_ds.data.caption_shards import write_captions
+from momo_ds.data.shard_writer import write_image_folder
+from momo_ds.data.text_shards import write_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from momo_ds.data import shard_writer as sw  # noqa: E402
+from momo_ds.data import caption_shards, shard_writer as sw, text_shards  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,10 +79,10 @@ def run(args: argparse.Namespace, console: Console) -> sw.ShardSummary:
                                          total=lambda n: bar.update(task, total=n))
         if args.command == "texts":
             task = bar.add_task("text files", total=len(args.paths))
-            return sw.write_texts(args.paths, args.out, prefix=args.prefix, shard_size=args.shard_size or 10000,
+            return text_shards.write_texts(args.paths, args.out, prefix=args.prefix, shard_size=args.shard_size or 10000,
                                   unit=args.unit, text_field=args.text_field, progress=lambda n: bar.advance(task, n))
         task = bar.add_task(f"captions {args.path}", total=None)
-        return sw.write_captions(args.path, args.out, image_root=args.image_root, prefix=args.prefix,
+        return caption_shards.write_captions(args.path, args.out, image_root=args.image_root, prefix=args.prefix,
                                  shard_size=args.shard_size or 1000, image_field=args.image_field,
                                  caption_field=args.caption_field, verify=not args.no_verify,
                                  shuffle_seed=None if args.no_shuffle else args.seed,

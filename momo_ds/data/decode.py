@@ -24,18 +24,13 @@ KNOWN_EXTS = frozenset(IMAGE_EXTS + (TEXT_EXT, LABEL_EXT) + IGNORED_EXTS)
 PIL_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
-def members(sample: dict) -> dict:
-    """The data members of a raw sample (drops webdataset's ``__key__``/``__url__``... entries)."""
-    return {k: v for k, v in sample.items() if not k.startswith("__")}
-
-
 def check_members(sample: dict, kind: str) -> tuple[Optional[str], Optional[str], Optional[str]]:
     """Validate the member set of a raw sample for a stream ``kind``.
 
     Returns the (image, text, label) extensions to use (None where absent/not needed); raises SampleError for
     an unknown extension or a missing member.
     """
-    m = members(sample)
+    m = {k: v for k, v in sample.items() if not k.startswith("__")}  # drop webdataset's __key__, __url__...
     unknown = sorted(k for k in m if k not in KNOWN_EXTS)
     if unknown:
         raise SampleError(SkipStats.UNKNOWN_EXTENSION, f"{sample.get('__key__')}: {unknown}")
@@ -79,9 +74,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
-    if mode != "RGB":
-        return img.convert("RGB")
-    return img
+    return img.convert("RGB") if mode != "RGB" else img
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -93,7 +86,7 @@ def decode_image(data: bytes) -> Image.Image:
         img.load()  # decode now: truncated data raises here, not later inside a transform
         if "exif" in img.info:
             ImageOps.exif_transpose(img, in_place=True)
-        return _to_rgb(img)
+        return img if img.mode == "RGB" else _to_rgb(img)  # most photos are RGB already
     except SampleError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad bytes

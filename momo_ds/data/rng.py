@@ -3,7 +3,7 @@
 Every random choice of the data side is a pure function of a seed derived from (data seed, stream, epoch, loader
 slot, sample index): a restored loader regenerates exactly the same batches. torchvision and timm transforms draw
 from the *global* torch/Python/NumPy generators, so augmentation runs inside :func:`isolated_global_rng`, which
-reseeds them per sample and restores the caller's state afterwards (this matters with ``num_workers=0``, where the
+seeds them per sample and restores the caller's state afterwards (this matters with ``num_workers=0``, where the
 loader runs in the trainer's process).
 """
 from __future__ import annotations
@@ -26,20 +26,18 @@ def mix_seed(*parts: Union[int, str]) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
-def reseed_global_rng(seed: int) -> None:
-    """Seed the CPU torch generator, Python's ``random`` and NumPy's legacy global generator."""
-    torch.default_generator.manual_seed(seed)  # CPU only: never touches the trainer's CUDA generators
-    random.seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
-
-
 @contextmanager
-def isolated_global_rng() -> Iterator[None]:
-    """Run a block that reseeds global RNGs without disturbing the caller's streams."""
+def isolated_global_rng(seed: int) -> Iterator[None]:
+    """Run a block with the CPU torch generator, Python's ``random`` and NumPy's legacy global generator seeded
+    from ``seed``, and give the caller its own streams back afterwards (the trainer's CUDA generators are never
+    touched)."""
     t_state = torch.default_generator.get_state()
     p_state = random.getstate()
     n_state = np.random.get_state()
     try:
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
         yield
     finally:
         torch.default_generator.set_state(t_state)

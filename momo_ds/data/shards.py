@@ -12,7 +12,7 @@ participants splits at sample level instead (every participant reads the shards 
 small datasets still give disjoint, complete coverage. Samples are then shuffled per slot with webdataset's
 shuffle buffer and a derived seed.
 
-``resampled=True`` draws each slot's shards with replacement (wds.ResampledShards, deterministic seed) instead:
+A stream with ``resampled: true`` draws each slot's shards with replacement (wds.ResampledShards, deterministic seed) instead:
 no epoch coverage guarantee, no duplicates-avoidance, never-empty slots — the usual choice for huge mixtures.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ from ..config import StreamConfig
 from .collate import collate_images, collate_pairs, collate_texts
 from .decode import check_members, decode_image, decode_label, decode_text
 from .errors import DataError, SampleError, SkipStats
-from .rng import isolated_global_rng, mix_seed, reseed_global_rng, torch_generator
+from .rng import isolated_global_rng, mix_seed, torch_generator
 from .shards import TarErrorCounter, epoch_shards, raw_samples, split_for_slot
 from .transforms import build_image_transform
 
@@ -43,7 +43,6 @@ class StreamSpec:
     rank: int = 0
     world_size: int = 1
     train: bool = True  # False: one ordered pass, no augmentation, no masks, partial last batch, text truncated
-    resampled: bool = False
 
     @property
     def key(self) -> str:
@@ -90,8 +89,7 @@ class SampleProcessor:
         img = decode_image(data)
         if not self.random:
             return self.transform(img)
-        with isolated_global_rng():
-            reseed_global_rng(seed)
+        with isolated_global_rng(seed):
             return self.transform(img)
 
     def __call__(self, raw: dict, seed: int) -> list:
@@ -145,7 +143,7 @@ class StreamDataset(IterableDataset):
         s = self.spec
         slot = s.rank * workers + worker
         shuffle_seed = mix_seed(s.seed, s.key, "shuffle", epoch, slot) if s.train else None
-        if s.resampled and s.train:
+        if s.stream.resampled and s.train:
             draws = max(1, round(s.stream.repeat * len(s.urls) / (s.world_size * workers)))
             return raw_samples([], handler=counter, shuffle_buffer=s.shuffle_buffer, shuffle_seed=shuffle_seed,
                                resample=(s.urls, draws, mix_seed(s.seed, s.key, "resample", epoch, slot)))

@@ -122,10 +122,13 @@ def load(engine, ckpt_dir: Path, tag: str) -> tuple[dict[str, Any], dict[str, An
 
 # ------------------------------------------------------------------------------------------- fp32 weights / export
 def fp32_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
-    """The fp32 master weights of a ZeRO checkpoint (names without ``module.``)."""
+    """The model's fp32 master weights in a ZeRO checkpoint, named as the model names them (the engine wraps the
+    task layer, which holds the model under :data:`~momo_ds.objectives.task.MODEL_PREFIX`)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    from momo_ds.objectives.task import model_state
+
+    return model_state(get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag))
 
 
 def tokenizer_file(encoder: Path) -> Path:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
-from momo_ds.config import ConfigError, RecipeConfig, StreamConfig, apply_overrides, load_yaml, recipe_from_dict
+from momo_ds.config import ConfigError, RecipeConfig, StreamConfig, load_yaml, recipe_from_dict
+from momo_ds.overrides import apply_overrides
 
 SYNTHETIC_OFF = ("shards given: the built-in synthetic dataset is off in every stage (nothing generated, no "
                  "synthetic tokenizer, no synthetic evaluation)")

@@ -93,11 +93,6 @@ def say(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> list:
-    from safetensors.torch import load_file, save_file
-
-    from momo_ds.data import load_tokenizer
-    from momo_ds.data.loader import check_streams
-    from momo_ds.data.text import vocab_fill_warning
     from momo_ds.engine.checkpoint import latest_tag
     from momo_ds.engine.ds_config import load_ds_config
     from momo_ds.engine.recipes import load_run_recipes
@@ -105,14 +100,8 @@ def run(args: argparse.Namespace) -> list:
 
     out = Path(args.out)
     ds_cfg = load_ds_config(args.ds_config)
-    files = stage_recipes(args.config, args.stage)
-    overrides = list(args.overrides)
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    if args.save_every is not None:
-        overrides.append(f"train.save_every={args.save_every}")
-    recipes, notes = load_run_recipes(files, overrides)  # every recipe validated before any work starts
-    for note in notes:
+    recipes, notes = load_run_recipes(stage_recipes(args.config, args.stage), _step_overrides(args))
+    for note in notes:  # every recipe was validated before any work starts
         say(note)
     results, info = [], None
     for recipe in recipes:
@@ -124,42 +113,13 @@ def run(args: argparse.Namespace) -> list:
         if args.resume and latest_tag(stage_dir / "checkpoints") is None:
             say(f"--resume: no checkpoint of stage {recipe.stage} in {stage_dir / 'checkpoints'}; starting it "
                 f"from step 0")
-        recipe, synthetic = prepare_data(recipe, out)
+        recipe, synthetic, tokenizer = _stage_data(recipe, out)
         info = synthetic or info
-        require_shards(recipe)
-        check_streams(recipe.data)  # every local shard exists: fail before loading anything
-        tokenizer = load_tokenizer(recipe.data.tokenizer)
-        # the tiny preset's table is sized for the synthetic vocabulary's cap (512), not for what it fills
-        warning = None if recipe.data.synthetic else vocab_fill_warning(tokenizer, recipe.model_config().vocab_size)
-        if warning:
-            say(warning)
-        init_state, source = None, ""
-        init = recipe.train.init_from
-        if init == "previous":
-            source = str(out / f"stage{recipe.stage - 1}" / SHARED_WEIGHTS)
-        elif init:
-            source = init
-        if source:
-            if not Path(source).is_file():
-                raise ConfigError(f"train.init_from: {source} not found (run the previous stage first)")
-            init_state = load_file(source)
+        init_state, source = _init_state(recipe, out)
         runner = StageRunner(recipe, ds_cfg, stage_dir, tokenizer, init_state=init_state, init_source=source,
                              resume=args.resume)
         result = runner.train()
-        state = runner.fp32_weights()
-        if mdist.is_main_process():
-            from momo_ds.model.parts import NEXT_STAGE_PARTS, select
-
-            meta = {"stage": recipe.stage, "preset": recipe.preset, "model": _model_dict(runner.model_cfg),
-                    "tokenizer": recipe.data.tokenizer, "steps": runner.step}
-            result.encoder = str(runner.export(state, meta))
-            shared = {k: v.contiguous() for k, v in select(state, NEXT_STAGE_PARTS).items()}
-            tmp = stage_dir / f".{SHARED_WEIGHTS}.tmp"
-            save_file(shared, str(tmp))
-            os.replace(tmp, stage_dir / SHARED_WEIGHTS)
-            (stage_dir / DONE).write_text(json.dumps(result.__dict__, indent=2))
-        mdist.barrier()
-        runner.close()
+        _finish_stage(runner, recipe, stage_dir, result)
         results.append(result.__dict__)
     if mdist.is_main_process():
         print_results(results)
@@ -170,6 +130,71 @@ def run(args: argparse.Namespace) -> list:
             "held-out data with tools/evaluate.py")
     mdist.barrier()
     return results
+
+
+def _step_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus those of --max_steps / --save_every."""
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.save_every is not None:
+        overrides.append(f"train.save_every={args.save_every}")
+    return overrides
+
+
+def _stage_data(recipe, out: Path):
+    """(recipe with its data settled, synthetic-data info or None, tokenizer): synthetic data made when the recipe
+    asks for it, every local shard checked and the tokenizer loaded before any model is built."""
+    from momo_ds.data import load_tokenizer
+    from momo_ds.data.loader import check_streams
+    from momo_ds.data.text import vocab_fill_warning
+
+    recipe, synthetic = prepare_data(recipe, out)
+    require_shards(recipe)
+    check_streams(recipe.data)
+    tokenizer = load_tokenizer(recipe.data.tokenizer)
+    # the tiny preset's table is sized for the synthetic vocabulary's cap (512), not for what it fills
+    warning = None if recipe.data.synthetic else vocab_fill_warning(tokenizer, recipe.model_config().vocab_size)
+    if warning:
+        say(warning)
+    return recipe, synthetic, tokenizer
+
+
+def _init_state(recipe, out: Path) -> tuple[Optional[dict], str]:
+    """(weights, their file) a stage starts from: ``train.init_from`` = previous (the previous stage's shared
+    weights in ``out``) or a file; (None, "") for a fresh start."""
+    from safetensors.torch import load_file
+
+    init = recipe.train.init_from
+    source = str(out / f"stage{recipe.stage - 1}" / SHARED_WEIGHTS) if init == "previous" else (init or "")
+    if not source:
+        return None, ""
+    if not Path(source).is_file():
+        raise ConfigError(f"train.init_from: {source} not found (run the previous stage first)")
+    return load_file(source), source
+
+
+def _finish_stage(runner, recipe, stage_dir: Path, result) -> None:
+    """Rank 0 writes the stage's export, the weights the next stage starts from and the DONE record (each
+    atomically); every rank then closes its runner."""
+    from safetensors.torch import save_file
+
+    from momo_ds.model.parts import NEXT_STAGE_PARTS, select
+
+    state = runner.fp32_weights()
+    if mdist.is_main_process():
+        meta = {"stage": recipe.stage, "preset": recipe.preset, "model": _model_dict(runner.model_cfg),
+                "tokenizer": recipe.data.tokenizer, "steps": runner.step}
+        result.encoder = str(runner.export(state, meta))
+        shared = {k: v.contiguous() for k, v in select(state, NEXT_STAGE_PARTS).items()}
+        tmp = stage_dir / f".{SHARED_WEIGHTS}.tmp"
+        save_file(shared, str(tmp))
+        os.replace(tmp, stage_dir / SHARED_WEIGHTS)
+        from momo_ds.engine.checkpoint import atomic_write_text
+
+        atomic_write_text(stage_dir / DONE, json.dumps(result.__dict__, indent=2))
+    mdist.barrier()
+    runner.close()
 
 
 def evaluate_run(out: Path, stages: list[int], info) -> dict:

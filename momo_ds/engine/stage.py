@@ -15,12 +15,14 @@ import torch
 import yaml
 
 from momo_ds import distributed as mdist
-from momo_ds.config import ConfigError, ModelConfig, RecipeConfig, TrainConfig, to_dict
+from momo_ds.config import RecipeConfig, TrainConfig
+from momo_ds.typed import to_dict
 from momo_ds.engine import checkpoint as ckpt
 from momo_ds.engine.cmga import CMGAStep, accumulate
 from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, zero_stage
 from momo_ds.engine.metrics import MetricsWriter, StageConsole
 from momo_ds.engine.optim import build_optimizer, build_scheduler
+from momo_ds.engine.weights import build_stage_model, init_from_mae, init_from_previous
 from momo_ds.model import parts
 from momo_ds.objectives.task import PretrainTask
 
@@ -46,59 +48,6 @@ def device_for_rank() -> torch.device:
         torch.cuda.set_device(mdist.get_local_rank())
         return torch.device("cuda", mdist.get_local_rank())
     return torch.device("cpu")
-
-
-def build_stage_model(recipe: RecipeConfig, tokenizer) -> tuple[torch.nn.Module, ModelConfig]:
-    """The stage's model in fp32 on the host; vocabulary and image size checked against the data."""
-    from momo_ds.model import build_model
-
-    # the padding id is the tokenizer's: settled before the config is validated, never patched in afterwards
-    mcfg = recipe.model_config() if tokenizer is None else recipe.model_config(pad_token_id=tokenizer.pad_id)
-    if tokenizer is not None and tokenizer.vocab_size > mcfg.vocab_size:
-        raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but model.vocab_size="
-                          f"{mcfg.vocab_size}: set model.vocab_size={tokenizer.vocab_size}")
-    if recipe.data.image_size != mcfg.img_size:
-        raise ConfigError(f"data.image_size={recipe.data.image_size} differs from the model's img_size={mcfg.img_size}")
-    return build_model(mcfg), mcfg
-
-
-def load_weights_file(path: str) -> dict[str, torch.Tensor]:
-    """A local weights file: safetensors, or a torch checkpoint read with ``weights_only=True`` (MAE releases
-    nest the weights under "model")."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
-def init_from_mae(model: torch.nn.Module, path: str) -> None:
-    """Initialise the image path of the encoder from timm/MAE ViT weights (decoders and text parts stay fresh)."""
-    from momo_ds.model import from_timm_state_dict
-
-    mapped = from_timm_state_dict(load_weights_file(path), model.cfg)
-    own = model.state_dict()
-    wrong = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
-    if wrong:
-        raise ConfigError(f"train.mae_checkpoint {path}: does not fit the model at {wrong[:3]}")
-    model.load_state_dict(mapped, strict=False)
-
-
-def init_from_previous(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load the encoder, and the heads the previous stage has, from its fp32 weights; decoders start fresh.
-    Unexpected or missing encoder weights are an error (a model config mismatch)."""
-    try:
-        parts.load_parts(model, state, required=("encoder",), optional=("contrastive", "itm_head", "lm_head"),
-                         ignore=("decoders",))
-    except ValueError as e:
-        raise RuntimeError(f"initialising from {source}: {e} (model config mismatch?)") from None
 
 
 def align_full_from(train: TrainConfig) -> Optional[int]:

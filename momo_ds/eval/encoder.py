@@ -10,7 +10,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from momo_ds.config import ConfigError, ModelConfig, from_dict
+from momo_ds.config import ConfigError, ModelConfig
+from momo_ds.typed import from_dict
 
 
 @dataclass

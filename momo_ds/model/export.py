@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from momo_ds.config import ModelConfig, from_dict, model_preset
+from momo_ds.config import ModelConfig, model_preset
+from momo_ds.typed import from_dict
 from momo_ds.model import parts
 from momo_ds.model.embeddings import sincos_2d
 

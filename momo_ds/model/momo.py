@@ -18,8 +18,7 @@ from momo_ds.model.decoders import Decoder, build_decoders
 from momo_ds.model.embeddings import ImageEmbed, TextEmbed, Token
 from momo_ds.model.encoder import Encoder
 from momo_ds.model.heads import ContrastiveHead, TiedLMHead, init_logit_scale
-from momo_ds.model.validate import (check_image_batch, check_image_inputs, check_joint, check_same_batch, check_text,
-                                     check_text_batch)
+from momo_ds.model.validate import check_image_inputs, check_joint, check_same_batch, check_text, check_text_batch
 
 
 class MoMo(nn.Module):
@@ -116,60 +115,38 @@ class MoMo(nn.Module):
 
     def forward_features(self, images: Optional[Tensor] = None, patch_keep: Optional[Tensor] = None,
                          ids: Optional[Tensor] = None, positions: Optional[Tensor] = None,
-                         text_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                         text_mask: Optional[Tensor] = None,
+                         image_embeds: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """Unchecked encoder pass over [CLS, visible patches, visible text] (either modality may be absent).
 
-        images: [B, C, H, W] with patch_keep [B, Nk] (None: every patch); ids / positions / text_mask: [B, L]
+        images: [B, C, H, W] with patch_keep [B, Nk] (None: every patch); ids / positions / text_mask: [B, L];
+        image_embeds: [B, Ni, D] patch embeddings (positions included) used instead of embedding ``images``
+        (e.g. BEiT-style [MASK] patches)
         -> (h [B, 1 + Nk + L, D] after the final norm, key_mask [B, 1 + Nk + L] bool or None without text)
         """
-        b = (images if images is not None else ids).shape[0]
+        if images is not None and image_embeds is None:
+            image_embeds = self.image_embed(images, patch_keep)
+        b = (image_embeds if image_embeds is not None else ids).shape[0]
         types = self.type_embed(self.type_ids)  # [2, D]
         parts = [self.cls_token.expand(b, -1, -1)]
-        if images is not None:
-            parts.append(self.image_embed(images, patch_keep) + types[0])
+        if image_embeds is not None:
+            parts.append(image_embeds + types[0])
         if ids is not None:
             parts.append(self.text_embed(ids, positions) + types[1])
-        return self.forward_tokens(parts, text_mask)
-
-    def forward_tokens(self, parts: list[Tensor], text_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        """The shared encoder over embedded tokens: parts = [[CLS] [B, 1, D], image tokens [B, Ni, D] (optional),
-        text tokens [B, L, D] (optional)], type embeddings added; text_mask [B, L] when there is text.
-        -> (h [B, 1 + Ni + L, D], key_mask [B, 1 + Ni + L] or None)"""
         x = torch.cat([p.to(parts[0].dtype) for p in parts], dim=1)
         key_mask = None
         if text_mask is not None:
-            prefix = torch.ones(x.shape[0], x.shape[1] - text_mask.shape[1], dtype=torch.bool, device=x.device)
+            prefix = torch.ones(b, x.shape[1] - text_mask.shape[1], dtype=torch.bool, device=x.device)
             key_mask = torch.cat([prefix, text_mask], dim=1)
         return self.encoder(x, key_mask), key_mask
 
-    def forward_decoder(self, name: str, h: Tensor, key_mask: Optional[Tensor], image: Optional[ImageBatch] = None,
-                        text: Optional[TextBatch] = None) -> dict[str, Tensor]:
-        """Decoder ``name`` over encoder output h [B, 1 + Nk + Lv, D] laid out as ``image`` / ``text`` say.
-        -> {"pixels": [B, Nm, p*p*C]} with an image, {"token_logits": [B, M, vocab]} with text (tied LM head)."""
-        dec = self.decoder(name)
-        pixels, states = dec(h, key_mask,
-                             None if image is None else image.patch_keep, None if image is None else image.patch_masked,
-                             None if text is None else text.positions, None if text is None else text.masked_positions,
-                             None if text is None else text.masked_valid)
-        out = {}
-        if image is not None:
-            out["pixels"] = pixels
-        if text is not None:
-            out["token_logits"] = self.lm_head(states)
-        return out
-
-    @staticmethod
-    def match_state_of(h: Tensor, key_mask: Tensor, readout: str) -> Tensor:
+    def match_state(self, h: Tensor, key_mask: Tensor) -> Tensor:
         """Joint encoding h [n, L, D] with key_mask [n, L] -> the state the ITM head reads [n, D]: [CLS]
-        (``readout="cls"``) or the mean over [CLS], patches and real text tokens (``"mean"``)."""
-        if readout == "cls":
+        (``itm_readout="cls"``) or the mean over [CLS], patches and real text tokens (``"mean"``)."""
+        if self.cfg.itm_readout == "cls":
             return h[:, 0]
         weights = key_mask.to(h.dtype)[..., None]
         return (h * weights).sum(dim=1) / weights.sum(dim=1)
-
-    def match_state(self, h: Tensor, key_mask: Tensor) -> Tensor:
-        """:meth:`match_state_of` with this model's ``itm_readout``."""
-        return self.match_state_of(h, key_mask, self.cfg.itm_readout)
 
     #: what ``forward`` computes: output name -> the inputs it reads
     OUTPUTS = {"mim": ImageBatch, "mlm": TextBatch, "cmm": PairBatch, "embed": JointInputs, "match": JointInputs}
@@ -197,22 +174,27 @@ class MoMo(nn.Module):
         return out
 
     def _forward_mim(self, b: ImageBatch) -> dict[str, Tensor]:
-        check_image_batch(b, self.cfg, self._values(b.images))
+        check_image_inputs(b.images, b.patch_keep, self.cfg, self._values(b.images), b.patch_masked)
         h, _ = self.forward_features(b.images, b.patch_keep)
-        return self.forward_decoder("mim", h, None, image=b)
+        pixels, _ = self.decoder("mim")(h, None, patch_keep=b.patch_keep, patch_masked=b.patch_masked)
+        return {"pixels": pixels}
 
     def _forward_mlm(self, t: TextBatch) -> dict[str, Tensor]:
         check_text_batch(t, self.cfg, self._values(t.input_ids))
         h, key_mask = self.forward_features(ids=t.input_ids, positions=t.positions, text_mask=t.attention_mask)
-        return self.forward_decoder("mlm", h, key_mask, text=t)
+        _, states = self.decoder("mlm")(h, key_mask, text_positions=t.positions, masked_positions=t.masked_positions,
+                                        masked_valid=t.masked_valid)
+        return {"token_logits": self.lm_head(states)}
 
     def _forward_cmm(self, p: PairBatch) -> dict[str, Tensor]:
         im, tx = p.image, p.text
-        check_image_batch(im, self.cfg, self._values(im.images))
+        check_image_inputs(im.images, im.patch_keep, self.cfg, self._values(im.images), im.patch_masked)
         check_text_batch(tx, self.cfg, self._values(tx.input_ids))
         check_same_batch(im.images.shape[0], tx.input_ids.shape[0])
         h, key_mask = self.forward_features(im.images, im.patch_keep, tx.input_ids, tx.positions, tx.attention_mask)
-        return {**self.forward_decoder("cmm", h, key_mask, image=im, text=tx), "features": h, "key_mask": key_mask}
+        pixels, states = self.decoder("cmm")(h, key_mask, im.patch_keep, im.patch_masked, tx.positions,
+                                             tx.masked_positions, tx.masked_valid)
+        return {"pixels": pixels, "token_logits": self.lm_head(states), "features": h, "key_mask": key_mask}
 
     def _forward_embed(self, j: JointInputs) -> dict[str, Tensor]:
         check_joint(j, self.cfg, self._values(j.ids))

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from momo_ds.batch import ImageBatch, JointInputs, TextBatch
+from momo_ds.batch import JointInputs, TextBatch
 from momo_ds.config import ModelConfig
 
 
@@ -107,10 +107,6 @@ def check_image_inputs(images: Tensor, patch_keep: Optional[Tensor], cfg: ModelC
     for idx, name in ((patch_keep, "patch_keep"), (patch_masked, "patch_masked")):
         if idx is not None:
             check_patch_indices(idx, name, images.shape[0], cfg.num_patches, values)
-
-
-def check_image_batch(b: ImageBatch, cfg: ModelConfig, values: bool) -> None:
-    check_image_inputs(b.images, b.patch_keep, cfg, values, b.patch_masked)
 
 
 def check_text_batch(t: TextBatch, cfg: ModelConfig, values: bool) -> None:

@@ -27,6 +27,18 @@ from momo_ds.objectives.registry import ENCODER_MODULES, OBJECTIVES, objectives_
 from momo_ds.objectives.touch import zero_touch
 
 
+#: how the task's (and so the engine's and the checkpoints') parameter names start: the model is its only child
+MODEL_PREFIX = "model."
+
+
+def model_state(task_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict of the task (a DeepSpeed checkpoint's) -> the model's, names without :data:`MODEL_PREFIX`."""
+    wrong = [k for k in task_state if not k.startswith(MODEL_PREFIX)]
+    if wrong:
+        raise ValueError(f"not a PretrainTask state dict: {wrong[0]!r} does not start with {MODEL_PREFIX!r}")
+    return {k[len(MODEL_PREFIX):]: v for k, v in task_state.items()}
+
+
 class PretrainTask(nn.Module):
     """MoMo's pretraining objectives over one model (parameters: the model's, under ``model.``).
 
@@ -114,12 +126,10 @@ class PretrainTask(nn.Module):
 
 def check_objectives(kind: str, objectives: dict[str, float]) -> None:
     """One-line error unless ``objectives`` is a non-empty set of the registry's objectives for ``kind``."""
-    allowed = objectives_for(kind)
-    if not objectives:
-        raise ValueError(f"objectives is empty; valid for {kind} batches: {', '.join(allowed)}")
-    bad = [o for o in objectives if o not in allowed]
-    if bad:
-        raise ValueError(f"objectives {bad} are not valid for {kind} batches; valid: {', '.join(allowed)}")
+    bad = [o for o in objectives if o not in OBJECTIVES or OBJECTIVES[o].kind != kind]
+    if not objectives or bad:
+        what = f"objectives {bad} are not valid for {kind} batches" if bad else "objectives is empty"
+        raise ValueError(f"{what}; valid for {kind} batches: {', '.join(objectives_for(kind))}")
 
 
 def align_inputs(p: PairBatch, mode: str, model: MoMo) -> JointInputs:
