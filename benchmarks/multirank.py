@@ -63,12 +63,3 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
     mdist.init_distributed("nccl" if device.type == "cuda" else "gloo")
     return mdist.get_rank(), mdist.get_world_size()
-
-
-def local_device() -> torch.device:
-    """This rank's device: cuda:LOCAL_RANK when there are GPUs, else the CPU."""
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")

@@ -49,6 +49,14 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def local_device() -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK (made current) when there are GPUs, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(get_local_rank())
+        return torch.device("cuda", get_local_rank())
+    return torch.device("cpu")
+
+
 def is_main_process() -> bool:
     return get_rank() == 0
 

@@ -203,11 +203,10 @@ def evaluate_run(out: Path, stages: list[int], info) -> dict:
 
     Every rank takes part: the held-out split is read in per-rank shares and its features gathered; rank 0 writes.
     """
-    from momo_ds.engine.stage import device_for_rank
     from momo_ds.eval.runner import evaluate_synthetic, write_report
 
     report = {}
-    device = device_for_rank()
+    device = mdist.local_device()
     for n in stages:
         enc = out / f"stage{n}" / "encoder.safetensors"
         if enc.is_file():

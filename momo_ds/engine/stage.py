@@ -40,16 +40,6 @@ class StageResult:
     encoder: str = ""
 
 
-def device_for_rank() -> torch.device:
-    from deepspeed.accelerator import get_accelerator
-
-    acc = get_accelerator()
-    if acc.device_name() == "cuda":
-        torch.cuda.set_device(mdist.get_local_rank())
-        return torch.device("cuda", mdist.get_local_rank())
-    return torch.device("cpu")
-
-
 def align_full_from(train: TrainConfig) -> Optional[int]:
     """The first 0-based step of the unmasked tail (the last ``train.align_full_tail`` share of the steps, rounded
     to whole steps), or None when there is none."""
@@ -90,7 +80,7 @@ class StageRunner:
         self.recipe, self.stage_dir, self.tokenizer = recipe, Path(stage_dir), tokenizer
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
         self.main = self.rank == 0
-        self.device = device_for_rank()
+        self.device = mdist.local_device()
         self.ds_cfg = resolve_ds_config(ds_cfg, recipe, self.world)
         self.dtype = ds_dtype(self.ds_cfg)
         self.ckpt_dir = self.stage_dir / "checkpoints"
