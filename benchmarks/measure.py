@@ -1,5 +1,5 @@
 """How the benchmarks measure: device and dtype choice, CPU threads, synchronised interleaved timing (warm-up,
-repeats, medians), device peaks and parameter counts."""
+repeats, medians), device peaks (from momo_ds.engine.peak) and parameter counts."""
 from __future__ import annotations
 
 import statistics
@@ -9,8 +9,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-# Dense bf16 tensor-core peaks, TFLOP/s (SXM parts; the PCIe H100 is listed separately and matched first).
-GPU_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.0, "H100": 989.0, "A100": 312.0}
+# the device peaks live with the trainer's MFU; re-exported for the benchmarks
+from momo_ds.engine.peak import GPU_PEAK_BF16_TFLOPS, cpu_matmul_peak, device_peak, gpu_peak_tflops  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------- device, dtype
@@ -75,41 +75,6 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, wa
             sync(device)
             times[n].append(time.perf_counter() - t0)
     return {n: Timing(t) for n, t in times.items()}
-
-
-# ----------------------------------------------------------------------------------------------------- peaks
-def cpu_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
-    """Measured FLOP/s of an n x n matmul on this CPU with the current thread count (best of ``repeats``: a peak,
-    and the least disturbed by other jobs)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n ** 3 / min(times)
-
-
-def gpu_peak_tflops(name: str) -> Optional[float]:
-    for key, tflops in GPU_PEAK_BF16_TFLOPS.items():
-        if all(part in name for part in key.split()):
-            return tflops
-    return None
-
-
-def device_peak(device: torch.device, dtype: torch.dtype, quick: bool = False) -> tuple[Optional[float], str]:
-    """(peak FLOP/s, where it comes from): the table for known GPUs in bf16, a measured fp32 matmul on the CPU."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        tflops = gpu_peak_tflops(name)
-        if tflops is None:
-            return None, f"{name}: no peak in the table"
-        note = "" if dtype == torch.bfloat16 else f" (the bf16 peak; this run is {dtype})"
-        return tflops * 1e12, f"{name} dense bf16 {tflops:.0f} TFLOP/s{note}"
-    flops = cpu_matmul_peak(dtype, n=1024 if quick else 2048)
-    return flops, f"measured {str(dtype).replace('torch.', '')} matmul, {torch.get_num_threads()} threads"
 
 
 # ----------------------------------------------------------------------------------------------------- sizes

@@ -23,14 +23,29 @@ def free_port() -> int:
 
 
 def init_distributed(backend: Optional[str] = None) -> None:
-    """torch.distributed through DeepSpeed, under the deepspeed launcher, torchrun, or a plain ``python`` (one
-    process: a world of one on a free local port). backend: None lets DeepSpeed pick (NCCL on GPUs, gloo on CPU)."""
+    """torch.distributed through DeepSpeed, under the deepspeed launcher, torchrun, ``srun`` (one task per rank)
+    or a plain ``python`` (one process: a world of one on a free local port). backend: None lets DeepSpeed pick
+    (NCCL on GPUs, gloo on CPU)."""
     import deepspeed
 
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    os.environ.update(rendezvous_env(os.environ))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def rendezvous_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables torch.distributed reads, where the launcher did not set them: SLURM's per-task ones under
+    ``srun`` (the job script exports MASTER_ADDR, e.g. the first host of ``$SLURM_JOB_NODELIST``), else a world
+    of one on a free local port."""
+    if "RANK" in env:
+        return {}
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        if "MASTER_ADDR" not in env:
+            raise RuntimeError("srun with several tasks: export MASTER_ADDR (the first host of the job: "
+                               "$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)) and MASTER_PORT")
+        return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
+                "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "MASTER_PORT": env.get("MASTER_PORT", "29500")}
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": env.get("MASTER_PORT", str(free_port()))}
 
 
 def is_initialized() -> bool:
@@ -186,3 +201,65 @@ def gather_variable(x: Tensor) -> Tensor:
         x = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))], dim=0)
     parts = gather(x).split(longest, dim=0)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
+
+
+def all_reduce_max(values: Tensor) -> Tensor:
+    """Elementwise max of a tensor over ranks (used only on log steps: peak memory, the slowest loader)."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
+class FlagVote:
+    """Every rank learns whether any rank raised a host-side flag, one call late and without blocking a step.
+
+    Each call starts an asynchronous max-reduce of this rank's flag and returns the result of the previous call's
+    reduce, so every rank gets the same answer at the same call (the trainer calls it once per step) and a step
+    never waits on it: the reduce had a whole step to finish. It runs over a gloo group on host tensors, so on
+    GPUs (NCCL) it costs no device sync either. One process: the flag itself, at once.
+    """
+
+    def __init__(self):
+        self.distributed = is_initialized() and dist.get_world_size() > 1
+        self.group = None
+        if self.distributed and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")
+        self._pending = None
+
+    def __call__(self, flag: bool) -> bool:
+        if not self.distributed:
+            return flag
+        previous = self._collect()
+        t = torch.tensor([int(flag)], dtype=torch.int32)
+        self._pending = (dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group, async_op=True), t)
+        return previous
+
+    def _collect(self) -> bool:
+        if self._pending is None:
+            return False
+        work, t = self._pending
+        self._pending = None
+        work.wait()
+        return bool(t.item())
+
+    def close(self) -> None:
+        """Finish the reduce in flight (every rank calls it at the same point) so no collective outlives the
+        loop that issued it."""
+        if self.distributed:
+            self._collect()
+
+
+def all_ranks(flags: Sequence[bool]) -> list[bool]:
+    """Elementwise: is each flag true on every rank? (one all_reduce; start-up and checkpoint checks only)"""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int64, device=local_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in t.tolist()]
+
+
+def any_rank(flag: bool) -> bool:
+    """Is ``flag`` true on some rank? (collective)"""
+    return not all_ranks([not flag])[0]

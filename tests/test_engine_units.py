@@ -13,7 +13,9 @@ from momo_ds.engine.checkpoint import rng_state, set_rng_state
 from momo_ds.engine.cmga import CMGAStep, NonFiniteLossError
 from momo_ds.engine.ds_config import load_ds_config, resolve_ds_config
 from momo_ds.engine.optim import lr_lambda, param_groups
-from momo_ds.engine.stage import StageRunner, _short, _summary_rows
+from momo_ds.engine.metrics import StageConsole, _short, progress_line
+from momo_ds.engine.stage import StageRunner, _summary_rows
+from momo_ds.engine.telemetry import Window
 
 
 def stage3():
@@ -119,11 +121,29 @@ class _Loader:
         return {s: dict(r) for s, r in self.counts.items()}
 
 
+def fake_runner(loader, world: int = 1, peak=None) -> StageRunner:
+    """A StageRunner with only what _log_window reads: engine, loader, world size, device, peak, counters."""
+    runner = StageRunner.__new__(StageRunner)
+    runner.engine, runner.loader, runner.world, runner.device, runner.peak = _Engine(), loader, world, torch.device(
+        "cpu"), peak
+    runner.counters = {"samples": 0, "tokens": 0, "elapsed_s": 0.0}
+    return runner
+
+
+def fake_window(running: dict, counts: dict, samples: dict, tokens: dict, flops: float = 0.0) -> Window:
+    window = Window()
+    window.running, window.counts, window.samples, window.tokens = running, counts, samples, tokens
+    window.flops, window.steps = flops, max(counts.values())
+    return window
+
+
+TIMES = {"wall_s": 2.0, "data_s": 0.5, "fwd_bwd_s": 1.2, "optim_s": 0.2}
+
+
 def log_row(skips: dict[str, dict[str, int]]) -> dict[str, float]:
-    runner = StageRunner.__new__(StageRunner)  # _log_row needs only the engine, the loader and the world size
-    runner.engine, runner.loader, runner.world = _Engine(), _Loader(skips), 1
     running = {"img/loss": torch.tensor(3.0), "txt/mlm_loss": torch.tensor(1.0)}
-    return runner._log_row(running, {"img/loss": 2, "txt/mlm_loss": 1}, samples=40, tokens=400, elapsed=2.0)
+    window = fake_window(running, {"img/loss": 2, "txt/mlm_loss": 1}, {"img": 30, "txt": 10}, {"img": 300, "txt": 100})
+    return fake_runner(_Loader(skips))._log_window(window, TIMES)
 
 
 def test_log_row_has_every_stream_and_reason_column_from_the_first_row():
@@ -143,7 +163,41 @@ def test_log_row_refuses_a_reason_it_cannot_log():
         log_row({"img": {"made_up": 1}, "txt": {}})
 
 
-def test_progress_line_shows_skip_totals_not_reasons():
+def test_log_window_telemetry_columns():
+    """MFU = this rank's window FLOPs / wall time / peak; per-phase seconds are per step; throughput per stream
+    over all ranks; data wait is a share of the wall time."""
+    window = fake_window({"img/loss": torch.tensor(2.0)}, {"img/loss": 4}, {"img": 40}, {"img": 400}, flops=8e9)
+    row = fake_runner(_Loader({"img": {}}), world=2, peak=1e10)._log_window(window, TIMES)
+    assert row["mfu"] == pytest.approx(8e9 / 2.0 / 1e10)
+    assert row["step_s"] == 0.5 and row["time/data_s"] == 0.125 and row["time/fwd_bwd_s"] == 0.3
+    assert row["time/optim_s"] == 0.05 and row["data_wait_pct"] == 25.0
+    assert row["img/samples_per_s"] == 40.0 and row["img/tokens_per_s"] == 400.0 and row["samples_per_s"] == 40.0
+    assert 0.01 < row["memory_gib"] < 64, "the process's peak RSS"
+    assert "mfu" not in fake_runner(_Loader({"img": {}}))._log_window(window, TIMES), "no peak: no MFU"
+
+
+def test_progress_line_for_log_files():
+    row = log_row({"img": {SkipStats.BAD_LABEL: 2}, "txt": {}})
+    row.update(mfu=0.123, data_wait_pct=4.5, memory_gib=1.25)
+    line = progress_line(3, 40, 200, row, eta_s=125.0)
+    assert line.startswith("[momo_ds] stage 3 step 40/200 | txt/mlm 1 | lr "), "objectives, not stream totals"
+    assert "| 20.0 samples/s | MFU 12.3 % | data 4.5 % | mem 1.25 GiB | skipped 2 | ETA 2m05s" in line
+    assert "\n" not in line
+
+
+def test_console_prints_one_plain_line_per_log_step_off_a_terminal(capsys):
+    console = StageConsole(1, 10, 0, enabled=True, plain=True)
+    for step in range(1, 11):
+        if step % 5 == 0:
+            console.update(step, {"img/mim_loss": 1.0 / step, "lr": 1e-3})
+        else:
+            console.advance_to(step)
+    console.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in lines] == ["[momo_ds] stage 1 step 5/10", "[momo_ds] stage 1 step 10/10"]
+
+
+def test_progress_bar_shows_skip_totals_not_reasons():
     row = log_row({"img": {SkipStats.BAD_LABEL: 2}, "txt": {}})
     short = _short(row)
     assert short["img/skipped"] == 2.0 and short["txt/skipped"] == 0.0 and short["smp/s"] == 20.0
@@ -157,3 +211,15 @@ def test_stage_summary_names_window_throughput_apart_from_stage_means():
     assert not {"samples_per_s", "tokens_per_s", "samples/s (stage mean)", "tokens/s (stage mean)"} & set(summary)
     assert [k for k in summary if "/skipped/" in k] == ["img/skipped/bad_label"], "only the reasons that occurred"
     assert summary["txt/skipped"] == 0.0 and summary["img/loss"] == 1.5
+
+
+def test_rendezvous_from_srun_tasks_or_a_world_of_one():
+    from momo_ds.distributed import rendezvous_env
+
+    assert rendezvous_env({"RANK": "3"}) == {}, "a launcher's variables win"
+    slurm = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "MASTER_ADDR": "node01"}
+    assert rendezvous_env(slurm) == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_PORT": "29500"}
+    with pytest.raises(RuntimeError, match="export MASTER_ADDR"):
+        rendezvous_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+    one = rendezvous_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    assert one["WORLD_SIZE"] == "1" and one["MASTER_ADDR"] == "127.0.0.1"

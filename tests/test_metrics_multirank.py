@@ -22,6 +22,7 @@ from momo_ds import distributed as mdist  # noqa: E402
 from momo_ds.data import SkipStats  # noqa: E402
 from momo_ds.engine.metrics import MetricsWriter  # noqa: E402
 from momo_ds.engine.stage import StageRunner  # noqa: E402
+from momo_ds.engine.telemetry import Window  # noqa: E402
 from tests.multirank import launch, tail  # noqa: E402
 
 STREAMS = ("img", "txt", "pair")
@@ -66,13 +67,18 @@ class _Loader:
 def main(out: Path) -> None:
     torch.distributed.init_process_group("gloo")
     rank = mdist.get_rank()
-    runner = StageRunner.__new__(StageRunner)  # _log_row needs only the engine, the loader and the world size
-    runner.engine, runner.world = _Engine(), mdist.get_world_size()
+    runner = StageRunner.__new__(StageRunner)  # _log_window needs only these
+    runner.engine, runner.world, runner.device, runner.peak = _Engine(), mdist.get_world_size(), torch.device("cpu"), None
+    runner.counters = {"samples": 0, "tokens": 0, "elapsed_s": 0.0}
     writer = MetricsWriter(out, enabled=rank == 0, tensorboard=False)
     rows = []
     for log in range(LOGS):
         runner.loader = _Loader(rank_skips(rank, log))
-        row = runner._log_row({"img/loss": torch.tensor(1.0)}, {"img/loss": 1}, samples=4, tokens=40, elapsed=1.0)
+        window = Window()
+        window.running, window.counts, window.samples, window.tokens = {"img/loss": torch.tensor(1.0)}, {
+            "img/loss": 1}, {"img": 4}, {"img": 40}
+        row = runner._log_window(window, {"wall_s": 1.0, "data_s": 0.1 * (rank + 1), "fwd_bwd_s": 0.5,
+                                          "optim_s": 0.1})
         writer.write(10 * (log + 1), row)
         rows.append(row)
     tables = [mdist.sum_count_table(random_table(rank, i), STREAMS, SkipStats.REASONS) for i in range(TABLES)]
@@ -101,6 +107,16 @@ def test_log_row_skip_counts_equal_naive_sum_on_every_rank(ranks_out):
                 assert {r: row[f"{s}/skipped/{r}"] for r in SkipStats.REASONS} == want[s]
     last = ranks[0]["rows"][-1]
     assert last["txt/skipped/bad_utf8"] == 3 * (LOGS - 1) and last["txt/skipped/empty_text"] == LOGS - 2
+
+
+def test_data_wait_and_memory_are_the_largest_rank_s_on_every_rank(ranks_out):
+    """Rank r waited 0.1 * (r + 1) s of a 1 s window: every rank logs the slowest loader's share, and the same
+    (largest) peak memory."""
+    _, ranks = ranks_out
+    for log in range(LOGS):
+        rows = [rank["rows"][log] for rank in ranks]
+        assert all(row["data_wait_pct"] == pytest.approx(10.0 * WORLD) for row in rows)
+        assert len({row["memory_gib"] for row in rows}) == 1 and rows[0]["memory_gib"] > 0
 
 
 def test_every_skip_column_is_in_metrics_csv_from_the_first_row(ranks_out):

@@ -9,14 +9,15 @@ streams' losses (the README's design note "CMGA on DeepSpeed"; checked in tests/
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from momo_ds.batch import ImageBatch, PairBatch, TextBatch
-from momo_ds.config import StreamConfig
+from momo_ds.config import ModelConfig, StreamConfig
+from momo_ds.model.flops import training_flops
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,16 +56,21 @@ class StepResult:
     terms: dict[str, Tensor]  # "<stream>/<term>" -> 0-dim tensor (detached)
     samples: int
     tokens: int
+    stream_samples: dict[str, int] = field(default_factory=dict)
+    stream_tokens: dict[str, int] = field(default_factory=dict)
+    flops: float = 0.0  # analytic training FLOPs of this rank's step (0 without a flops_cfg)
 
 
 class CMGAStep:
     """Runs CMGA steps on a DeepSpeed engine (or any object with the same backward/step interface)."""
 
     def __init__(self, engine, streams: list[StreamConfig], dtype: torch.dtype, device: torch.device,
-                 rank: int = 0, check_finite: bool = True, seed: int = 0, align_full_from: Optional[int] = None):
+                 rank: int = 0, check_finite: bool = True, seed: int = 0, align_full_from: Optional[int] = None,
+                 flops_cfg: Optional[ModelConfig] = None):
         """engine: wraps a :class:`momo_ds.objectives.task.PretrainTask` (calls take a batch and its objectives);
         rank: this process's rank (it seeds the ITM sampling); align_full_from: from this (0-based) step on,
-        contrastive and ITM see unmasked pairs (FLIP's unmasked tail, ``train.align_full_tail``); None: never."""
+        contrastive and ITM see unmasked pairs (FLIP's unmasked tail, ``train.align_full_tail``); None: never;
+        flops_cfg: the model's config, to count each step's analytic FLOPs on the host-side shapes (for MFU)."""
         self.engine = engine
         self.align_full_from = align_full_from
         self.streams = streams
@@ -73,6 +79,7 @@ class CMGAStep:
         self.rank = rank
         self.check_finite = check_finite
         self.seed = seed
+        self.flops_cfg = flops_cfg
 
     def __call__(self, batches: dict[str, Any], step: int = 0) -> StepResult:
         """One full CMGA optimizer step: backward on every stream, NaN guard, one ``engine.step()``."""
@@ -93,24 +100,29 @@ class CMGAStep:
         Raises NonFiniteLossError (before any optimizer step) when a loss term is NaN/Inf."""
         n = len(self.streams)
         terms: dict[str, Tensor] = {}
-        samples = tokens = 0
+        result = StepResult(terms=terms, samples=0, tokens=0)
         for i, stream in enumerate(self.streams):
             host_batch = batches[stream.name]
-            samples += host_batch.batch_size
-            tokens += visible_tokens(host_batch)
+            result.stream_samples[stream.name] = host_batch.batch_size
+            result.stream_tokens[stream.name] = visible_tokens(host_batch)
             batch = cast_floats(host_batch, self.dtype, self.device)
             self.engine.set_gradient_accumulation_boundary(i == n - 1)
             extra = {"generator": self.generator(step, i)} if "itm" in stream.objectives else {}
             if self.align_full_from is not None and step >= self.align_full_from and {"itc", "itm"} & set(
                     stream.objectives):
                 extra["align_inputs"] = "full"
+            if self.flops_cfg is not None:
+                result.flops += training_flops(self.flops_cfg, host_batch, stream.objectives,
+                                               align_inputs=extra.get("align_inputs"))["total"]
             out = self.engine(batch, stream.objectives, **extra)
             for k, v in out.items():
                 terms[f"{stream.name}/{k}"] = v.detach().float()
             self.engine.backward(out["loss"])
+        result.samples = sum(result.stream_samples.values())
+        result.tokens = sum(result.stream_tokens.values())
         if self.check_finite:
             self._raise_if_non_finite(terms)
-        return StepResult(terms=terms, samples=samples, tokens=tokens)
+        return result
 
     @staticmethod
     def _raise_if_non_finite(terms: dict[str, Tensor]) -> None:

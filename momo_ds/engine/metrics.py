@@ -1,8 +1,10 @@
-"""Rank-0 console (rich progress bar, end-of-stage table) and metric files (CSV, TensorBoard)."""
+"""Rank-0 console (rich progress bar on a terminal, plain progress lines elsewhere; end-of-stage table) and metric
+files (CSV, TensorBoard)."""
 from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -75,14 +77,18 @@ class MetricsWriter:
 
 
 class StageConsole:
-    """Progress bar per stage with the latest losses, LR, throughput and skipped samples; rank 0 only."""
+    """Rank 0's view of a stage. On a terminal: a rich progress bar with the latest losses, LR and throughput.
+    Anywhere else (a log file, a pipe, a batch job's output): one plain line per log step, see :func:`progress_line`
+    (a bar redraws in place, so a file would see nothing until the stage ends)."""
 
-    def __init__(self, stage: int, total_steps: int, start_step: int, enabled: bool):
+    def __init__(self, stage: int, total_steps: int, start_step: int, enabled: bool, plain: Optional[bool] = None):
         self.enabled = enabled
+        self.stage, self.total, self.start_step = stage, total_steps, start_step
         self.console = Console()
+        self.plain = (not sys.stdout.isatty()) if plain is None else plain
         self.start_time = time.perf_counter()
         self.progress = None
-        if enabled:
+        if enabled and not self.plain:
             self.progress = Progress(
                 TextColumn(f"[bold cyan]stage {stage}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -90,18 +96,24 @@ class StageConsole:
             self.progress.start()
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
 
-    def update(self, step: int, info: dict[str, float]) -> None:
+    def update(self, step: int, row: dict[str, float]) -> None:
+        """A log step: ``row`` is the metrics row just written."""
         if not self.enabled:
             return
-        text = "  ".join(_fmt(k, v) for k, v in info.items())
+        if self.plain:
+            done = step - self.start_step
+            eta = (time.perf_counter() - self.start_time) / done * (self.total - step) if done > 0 else None
+            print(progress_line(self.stage, step, self.total, row, eta), flush=True)
+            return
+        text = "  ".join(_fmt(k, v) for k, v in _short(row).items())
         self.progress.update(self.task, completed=step, info=text)
 
     def advance_to(self, step: int) -> None:
-        if self.enabled:
+        if self.progress is not None:
             self.progress.update(self.task, completed=step)
 
     def close(self) -> None:
-        if self.enabled and self.progress is not None:
+        if self.progress is not None:
             self.progress.stop()
 
     def print_summary(self, title: str, rows: dict[str, float]) -> None:
@@ -113,6 +125,45 @@ class StageConsole:
         for k, v in rows.items():
             table.add_row(k, _fmt_value(v))
         self.console.print(table)
+
+
+def progress_line(stage: int, step: int, total: int, row: dict[str, float], eta_s: Optional[float]) -> str:
+    """``[momo_ds] stage 3 step 40/286 | pair/itc 2.31 pair/itm 0.66 text/mlm 5.12 | lr 1.0e-04 | 51.2 samples/s
+    | MFU 3.1 % | data 2.0 % | mem 1.3 GiB | ETA 4m05s``: the per-objective losses (each stream's total left
+    out), then what is known of LR, throughput, MFU, data wait, memory and skipped samples."""
+    losses = " ".join(f"{k.replace('_loss', '')} {v:.4g}" for k, v in row.items() if k.endswith("_loss"))
+    parts = [f"[momo_ds] stage {stage} step {step}/{total}", losses]
+    if "lr" in row:
+        parts.append(f"lr {row['lr']:.2e}")
+    if "samples_per_s" in row:
+        parts.append(f"{row['samples_per_s']:.1f} samples/s")
+    if "mfu" in row:
+        parts.append(f"MFU {100 * row['mfu']:.1f} %")
+    if "data_wait_pct" in row:
+        parts.append(f"data {row['data_wait_pct']:.1f} %")
+    if "memory_gib" in row:
+        parts.append(f"mem {row['memory_gib']:.2f} GiB")
+    skipped = sum(v for k, v in row.items() if k.endswith("/skipped"))
+    if skipped:
+        parts.append(f"skipped {skipped:.0f}")
+    if eta_s is not None:
+        parts.append(f"ETA {_clock(eta_s)}")
+    return " | ".join(p for p in parts if p)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _short(row: dict[str, float]) -> dict[str, float]:
+    """What fits on the progress bar: per-objective losses, LR, throughput, MFU, skipped samples."""
+    out = {}
+    for k, v in row.items():
+        if k.endswith("_loss") or k in ("lr", "samples_per_s", "tokens_per_s", "mfu") or k.endswith("/skipped"):
+            out[k.replace("_loss", "").replace("samples_per_s", "smp/s").replace("tokens_per_s", "tok/s")] = v
+    return out
 
 
 def _fmt_value(v) -> str:

@@ -23,6 +23,7 @@ from momo_ds import distributed as mdist
 from momo_ds.config import ConfigError, PACKAGED_RECIPES, RecipeConfig
 
 STAGES = ("1", "2", "3", "all")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 SHARED_WEIGHTS = "shared_fp32.safetensors"  # encoder + shared heads (no decoders): the next stage starts here
 DONE = "DONE.json"
 
@@ -43,6 +44,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "address a stream by name: 'data.streams.image.shards=[/data/train-{000000..000099}.tar]' "
                         "(quoted, so that the shell leaves the braces alone)")
     p.add_argument("--no_eval", action="store_true", help="skip the final evaluation of the tiny/synthetic run")
+    p.add_argument("--log_level", default="warning", choices=LOG_LEVELS,
+                   help="DeepSpeed's own log level (default: warning; its INFO lines are most of a log otherwise)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return p.parse_args(argv)
 
@@ -93,10 +96,9 @@ def say(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> list:
-    from momo_ds.engine.checkpoint import latest_tag
     from momo_ds.engine.ds_config import load_ds_config
+    from momo_ds.engine.preempt import StopSignals
     from momo_ds.engine.recipes import load_run_recipes
-    from momo_ds.engine.stage import StageRunner
 
     out = Path(args.out)
     ds_cfg = load_ds_config(args.ds_config)
@@ -104,23 +106,13 @@ def run(args: argparse.Namespace) -> list:
     for note in notes:  # every recipe was validated before any work starts
         say(note)
     results, info = [], None
-    for recipe in recipes:
-        stage_dir = out / f"stage{recipe.stage}"
-        if args.resume and (stage_dir / DONE).is_file():
-            say(f"stage {recipe.stage} already finished in {stage_dir}; skipping")
-            results.append(json.loads((stage_dir / DONE).read_text()))
-            continue
-        if args.resume and latest_tag(stage_dir / "checkpoints") is None:
-            say(f"--resume: no checkpoint of stage {recipe.stage} in {stage_dir / 'checkpoints'}; starting it "
-                f"from step 0")
-        recipe, synthetic, tokenizer = _stage_data(recipe, out)
-        info = synthetic or info
-        init_state, source = _init_state(recipe, out)
-        runner = StageRunner(recipe, ds_cfg, stage_dir, tokenizer, init_state=init_state, init_source=source,
-                             resume=args.resume)
-        result = runner.train()
-        _finish_stage(runner, recipe, stage_dir, result)
-        results.append(result.__dict__)
+    stop = StopSignals()
+    try:
+        for recipe in recipes:
+            result, info = _run_stage(args, recipe, out, ds_cfg, stop, info)
+            results.append(result)
+    finally:
+        stop.close()
     if mdist.is_main_process():
         print_results(results)
     if info is not None and not args.no_eval:
@@ -130,6 +122,33 @@ def run(args: argparse.Namespace) -> list:
             "held-out data with tools/evaluate.py")
     mdist.barrier()
     return results
+
+
+def _run_stage(args, recipe, out: Path, ds_cfg: dict, stop, info):
+    """One stage, or its record when ``--resume`` finds it finished: (the result dict, synthetic-data info)."""
+    from momo_ds.engine.checkpoint import resume_candidates
+    from momo_ds.engine.preempt import Preempted
+    from momo_ds.engine.stage import StageRunner
+
+    stage_dir = out / f"stage{recipe.stage}"
+    if args.resume and (stage_dir / DONE).is_file():
+        say(f"stage {recipe.stage} already finished in {stage_dir}; skipping")
+        return json.loads((stage_dir / DONE).read_text()), info
+    if args.resume and not resume_candidates(stage_dir / "checkpoints"):
+        say(f"--resume: no checkpoint of stage {recipe.stage} in {stage_dir / 'checkpoints'}; starting it "
+            f"from step 0")
+    recipe, synthetic, tokenizer = _stage_data(recipe, out)
+    info = synthetic or info
+    init_state, source = _init_state(recipe, out)
+    runner = StageRunner(recipe, ds_cfg, stage_dir, tokenizer, init_state=init_state, init_source=source,
+                         resume=args.resume)
+    try:
+        result = runner.train(stop)
+    except Preempted:
+        runner.close()
+        raise
+    _finish_stage(runner, recipe, stage_dir, result)
+    return result.__dict__, info
 
 
 def _step_overrides(args: argparse.Namespace) -> list[str]:
@@ -261,20 +280,37 @@ def _print_error(rank: int, message: str) -> None:
     print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
 
 
+def set_deepspeed_log_level(level: str) -> None:
+    """DeepSpeed's logger at ``level`` (its warnings and errors stay; its INFO lines go unless asked for)."""
+    import logging
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(getattr(logging, level.upper()))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Exit codes: 0 done, 2 a reported config or data error, :data:`~momo_ds.engine.preempt.EXIT_PREEMPTED` (75)
+    stopped by SIGTERM / SIGUSR1 with a checkpoint to resume from; an unexpected error raises."""
     from momo_ds.data.errors import DataError
     from momo_ds.engine import failure
+    from momo_ds.engine.checkpoint import CheckpointError
+    from momo_ds.engine.preempt import EXIT_PREEMPTED, Preempted
 
     args = parse_args(argv)
     started = time.time()
     try:
         stage_recipes(args.config, args.stage)  # fail fast on a bad --config before starting processes' work
+        set_deepspeed_log_level(args.log_level)
         mdist.init_distributed()
         start = time.perf_counter()
         run(args)
         say(f"done in {time.perf_counter() - start:.1f} s; outputs in {args.out}")
-    except (ConfigError, DataError) as e:  # bad recipe, missing shard, empty stream, unusable tokenizer
+    except (ConfigError, DataError, CheckpointError) as e:  # bad recipe or data; a checkpoint not written / usable
         return report_error(Path(args.out), e)
+    except Preempted as e:
+        say(str(e))
+        return EXIT_PREEMPTED
     except Exception:
         # A peer that stopped on a reported error leaves this rank failing inside a collective: its line is the
         # message, this traceback would only bury it.

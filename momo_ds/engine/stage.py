@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,13 +14,17 @@ import torch
 import yaml
 
 from momo_ds import distributed as mdist
+from momo_ds.distributed import FlagVote
 from momo_ds.config import RecipeConfig, TrainConfig
 from momo_ds.typed import to_dict
 from momo_ds.engine import checkpoint as ckpt
-from momo_ds.engine.cmga import CMGAStep, accumulate
+from momo_ds.engine.cmga import CMGAStep
 from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, zero_stage
 from momo_ds.engine.metrics import MetricsWriter, StageConsole
 from momo_ds.engine.optim import build_optimizer, build_scheduler
+from momo_ds.engine.peak import device_peak
+from momo_ds.engine.preempt import Preempted, StopSignals
+from momo_ds.engine.telemetry import StepClock, Window, peak_memory
 from momo_ds.engine.weights import build_stage_model, init_from_mae, init_from_previous
 from momo_ds.model import parts
 from momo_ds.objectives.task import PretrainTask
@@ -67,7 +70,8 @@ def build_engine(recipe: RecipeConfig, ds_cfg: dict[str, Any], model: torch.nn.M
     touch = zero_stage(ds_cfg) == 3 or uses_offload(ds_cfg)
     task = PretrainTask(model, mdist.TorchDist.current(), touch_unused=touch)
     engine, _, _, _ = deepspeed.initialize(model=task, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
-    steps = dict(rank=mdist.get_rank(), seed=recipe.train.seed, align_full_from=align_full_from(recipe.train))
+    steps = dict(rank=mdist.get_rank(), seed=recipe.train.seed, align_full_from=align_full_from(recipe.train),
+                 flops_cfg=model.cfg)
     if recipe.train.update == "alternating":
         return engine, [CMGAStep(engine, [s], dtype, device, **steps) for s in recipe.data.streams]
     return engine, [CMGAStep(engine, recipe.data.streams, dtype, device, **steps)]
@@ -109,13 +113,23 @@ class StageRunner:
         if resume:
             self._maybe_resume()
         self.log_every = log_every or recipe.train.log_every
+        self.peak, peak_source = device_peak(self.device, self.dtype, quick=True)
+        if self.main:
+            print(f"[momo_ds] stage {recipe.stage}: MFU against {peak_source}"
+                  f"{f' = {self.peak / 1e12:.3g} TFLOP/s' if self.peak else ''}", flush=True)
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def _maybe_resume(self) -> None:
-        tag = ckpt.latest_tag(self.ckpt_dir)
+        tag = ckpt.resume_tag(self.ckpt_dir, say=lambda line: print(f"[momo_ds] {line}", flush=True))
         if tag is None:
             return
-        client, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag)
+        try:
+            client, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag)
+        except ckpt.CheckpointError:
+            raise
+        except Exception as e:  # complete by its manifest, yet unreadable: name it rather than trace back
+            raise ckpt.CheckpointError(f"could not resume from {self.ckpt_dir / tag}: "
+                                       f"{' '.join(f'{type(e).__name__}: {e}'.split())[:400]}") from None
         self.step = int(client["step"])
         self.counters = dict(client.get("counters", self.counters))
         self.loader.load_state_dict(rank_state["loader"])
@@ -129,38 +143,37 @@ class StageRunner:
         return ckpt.save(self.engine, self.ckpt_dir, self.step, client, rank_state, self.recipe.train.keep_last)
 
     # --------------------------------------------------------------------------------------------------- train
-    def train(self) -> StageResult:
+    def train(self, stop: Optional[StopSignals] = None) -> StageResult:
+        """Run the stage to ``train.max_steps``. ``stop``: the run's signal recorder; when any rank has seen
+        SIGTERM / SIGUSR1, every rank writes a checkpoint after the same step and :class:`Preempted` is raised."""
         cfg = self.recipe.train
         total = cfg.max_steps
         console = StageConsole(self.recipe.stage, total, self.step, enabled=self.main)
         writer = MetricsWriter(self.stage_dir, enabled=self.main)
         fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-        running, counts, window_samples, window_tokens = None, {}, 0, 0
-        window_start = time.perf_counter()
+        window, clock, vote = Window(), StepClock(self.device), FlagVote()
         last: dict[str, float] = {}
         try:
             while self.step < total:
-                result = self._update()
+                window.add(self._update(clock))
                 self.step += 1
-                running = accumulate(running, counts, result)
-                window_samples += result.samples
-                window_tokens += result.tokens
-                if self.step % self.log_every == 0 or self.step == total:
-                    elapsed = time.perf_counter() - window_start
-                    last = self._log_row(running, counts, window_samples, window_tokens, elapsed)
-                    self.counters["samples"] += window_samples * self.world
-                    self.counters["tokens"] += window_tokens * self.world
-                    self.counters["elapsed_s"] += elapsed
+                stopping = vote(stop is not None and stop.requested) and self.step < total
+                if self.step % self.log_every == 0 or self.step == total or stopping:
+                    last = self._log_window(window, clock.read())
                     writer.write(self.step, last)
-                    console.update(self.step, _short(last))
-                    running, counts, window_samples, window_tokens = None, {}, 0, 0
-                    window_start = time.perf_counter()
+                    console.update(self.step, last)
+                    window = Window()
                 else:
                     console.advance_to(self.step)
+                if stopping:
+                    raise Preempted(stop.received or "a signal to another rank", self.recipe.stage, self.step,
+                                    self.save())
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < total:
                     self.save()
+                clock.lap("other")  # logging and checkpoints: in the wall time, not in the data wait
                 if fault_at and self.step == fault_at:
                     raise SystemExit(f"[momo_ds] fault injected after step {self.step} ({FAULT_ENV})")
+            vote.close()
             final_dir = self.ckpt_dir / ckpt.tag_for(self.step)
             if not final_dir.is_dir():
                 self.save()
@@ -177,28 +190,40 @@ class StageRunner:
             **_summary_rows(last)})
         return result
 
-    def _update(self):
+    def _update(self, clock: StepClock):
         """One optimizer step. CMGA: one micro-batch of every stream. Alternating (ablation): the streams of one
         loader draw are applied in turn, one optimizer step each (resume is exact only at multiples of N)."""
         slot = self.step % self.steps_per_draw
         if slot == 0:
             self._drawn = self.loader.next()
-        return self.updates[slot](self._drawn, self.step)
+        clock.lap("data")
+        result = self.updates[slot].backward(self._drawn, self.step)
+        clock.lap("fwd_bwd")
+        self.engine.step()
+        clock.lap("optim")
+        return result
 
-    def _log_row(self, running, counts: dict[str, int], samples: int, tokens: int,
-                 elapsed: float) -> dict[str, float]:
-        """Host sync point: average the window's loss terms over the steps that produced them and over ranks."""
+    def _log_window(self, window: Window, times: dict[str, float]) -> dict[str, float]:
+        """Host sync point: the window's loss terms averaged over the steps that produced them and over ranks,
+        LR, grad norm, telemetry (memory and data wait: the largest rank) and skipped samples."""
+        running = window.running
         keys = sorted(running)
-        steps = torch.tensor([float(counts[k]) for k in keys], device=running[keys[0]].device)
+        device = running[keys[0]].device
+        steps = torch.tensor([float(window.counts[k]) for k in keys], device=device)
         means = mdist.all_reduce_mean(torch.stack([running[k] for k in keys]) / steps).tolist()
         row = {k: float(v) for k, v in zip(keys, means)}
         row["lr"] = float(self.engine.get_lr()[0])
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
-        row["samples_per_s"] = samples * self.world / max(elapsed, 1e-9)
-        row["tokens_per_s"] = tokens * self.world / max(elapsed, 1e-9)
-        row.update(self._skip_columns(running[keys[0]].device))
+        memory, _ = peak_memory(self.device)
+        mem_max, data_max = mdist.all_reduce_max(
+            torch.tensor([memory, times["data_s"]], dtype=torch.float64, device=device)).tolist()
+        row.update(window.rates(times, self.world, self.peak, mem_max, data_max))
+        row.update(self._skip_columns(device))
+        self.counters["samples"] += window.total_samples * self.world
+        self.counters["tokens"] += window.total_tokens * self.world
+        self.counters["elapsed_s"] += times["wall_s"]
         return row
 
     def _skip_columns(self, device: torch.device) -> dict[str, float]:
@@ -243,12 +268,3 @@ def _summary_rows(last: dict[str, float]) -> dict[str, float]:
     only the skip reasons that occurred (the CSV keeps every reason)."""
     names = {"samples_per_s": "samples/s (last window)", "tokens_per_s": "tokens/s (last window)"}
     return {names.get(k, k): v for k, v in last.items() if "/skipped/" not in k or v}
-
-
-def _short(row: dict[str, float]) -> dict[str, float]:
-    """What fits on the progress line: per-objective losses, LR, throughput, skipped samples."""
-    out = {}
-    for k, v in row.items():
-        if k.endswith("_loss") or k in ("lr", "samples_per_s", "tokens_per_s") or k.endswith("/skipped"):
-            out[k.replace("_loss", "").replace("samples_per_s", "smp/s").replace("tokens_per_s", "tok/s")] = v
-    return out
