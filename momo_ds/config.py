@@ -131,6 +131,9 @@ class StreamConfig:
     # draw each loader slot's shards with replacement (webdataset's ResampledShards, seeded) instead of epoch
     # windows: no coverage guarantee, never an empty slot; for mixtures of many more shards than are read per run
     resampled: bool = False
+    # held-out shards of this stream for evaluation during training (train.eval_every); the built-in synthetic
+    # data fills them with its val split
+    eval_shards: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> "StreamConfig":
         check_choices(self, where)
@@ -197,6 +200,10 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
     log_every: int = 10
+    # held-out evaluation every N steps and at the stage's end, on each stream's eval_shards (0: never): losses of
+    # the stream's objectives on eval_batches fixed held-out batches per rank; retrieval and ITM for pair streams
+    eval_every: int = 0
+    eval_batches: int = 4
     save_every: int = 0  # 0: only at stage end
     keep_last: int = 2
     init_from: str = ""  # "previous" (stage N-1 export in the same --out), a path to encoder.safetensors, or ""

@@ -8,6 +8,8 @@ import yaml
 
 from momo_ds.typed import ConfigError
 
+SHARD_KEYS = ("shards", "eval_shards")  # shard lists: brace patterns, not YAML
+
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
     """Set ``value`` at ``a.b.0.c`` inside nested dicts/lists. A list is indexed by an integer, or by the
@@ -72,7 +74,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r}: empty key")
-    if key.split(".")[-1] == "shards":
+    if key.split(".")[-1] in SHARD_KEYS:
         return key, split_shard_list(raw)
     if raw == "":
         return key, ""
@@ -90,7 +92,7 @@ def check_repeated_shards(overrides: list[str]) -> None:
     seen: dict[str, list[str]] = {}
     for item in overrides:
         key, _, raw = item.partition("=")
-        if key.strip().split(".")[-1] == "shards":
+        if key.strip().split(".")[-1] in SHARD_KEYS:
             seen.setdefault(key.strip(), []).append(raw)
     for key, values in seen.items():
         if len(values) > 1:

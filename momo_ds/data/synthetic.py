@@ -276,11 +276,13 @@ def _load_manifest(root: Path, params: dict) -> Optional[SyntheticInfo]:
 
 def resolve_synthetic(data_cfg, data_dir: Union[str, Path]):
     """For ``data.synthetic``: generate/reuse the dataset in ``data_dir`` and fill every stream without shards
-    (train split of its kind) and ``tokenizer: synthetic``. Returns (new DataConfig, SyntheticInfo or None)."""
+    (train split of its kind) or eval_shards (val split) and ``tokenizer: synthetic``. Returns (new DataConfig,
+    SyntheticInfo or None)."""
     if not data_cfg.synthetic and data_cfg.tokenizer != "synthetic":
         return data_cfg, None
     info = make_synthetic(data_dir, num=data_cfg.synthetic_num, image_size=data_cfg.image_size, seed=data_cfg.seed)
-    streams = [dataclasses.replace(s, shards=list(s.shards) or [info.shards[s.kind]["train"]])
+    streams = [dataclasses.replace(s, shards=list(s.shards) or [info.shards[s.kind]["train"]],
+                                   eval_shards=list(s.eval_shards) or [info.shards[s.kind]["val"]])
                for s in data_cfg.streams]
     tokenizer = info.tokenizer if data_cfg.tokenizer == "synthetic" else data_cfg.tokenizer
     return dataclasses.replace(data_cfg, streams=streams, tokenizer=tokenizer), info

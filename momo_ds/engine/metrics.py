@@ -104,9 +104,12 @@ class StageConsole:
             done = step - self.start_step
             eta = (time.perf_counter() - self.start_time) / done * (self.total - step) if done > 0 else None
             print(progress_line(self.stage, step, self.total, row, eta), flush=True)
-            return
-        text = "  ".join(_fmt(k, v) for k, v in _short(row).items())
-        self.progress.update(self.task, completed=step, info=text)
+        else:
+            text = "  ".join(_fmt(k, v) for k, v in _short(row).items())
+            self.progress.update(self.task, completed=step, info=text)
+        held_out = heldout_line(self.stage, step, row)
+        if held_out:
+            (print(held_out, flush=True) if self.plain else self.console.print(held_out, markup=False))
 
     def advance_to(self, step: int) -> None:
         if self.progress is not None:
@@ -131,7 +134,8 @@ def progress_line(stage: int, step: int, total: int, row: dict[str, float], eta_
     """``[momo_ds] stage 3 step 40/286 | pair/itc 2.31 pair/itm 0.66 text/mlm 5.12 | lr 1.0e-04 | 51.2 samples/s
     | MFU 3.1 % | data 2.0 % | mem 1.3 GiB | ETA 4m05s``: the per-objective losses (each stream's total left
     out), then what is known of LR, throughput, MFU, data wait, memory and skipped samples."""
-    losses = " ".join(f"{k.replace('_loss', '')} {v:.4g}" for k, v in row.items() if k.endswith("_loss"))
+    losses = " ".join(f"{k.replace('_loss', '')} {v:.4g}" for k, v in row.items()
+                      if k.endswith("_loss") and not k.startswith("eval/"))
     parts = [f"[momo_ds] stage {stage} step {step}/{total}", losses]
     if "lr" in row:
         parts.append(f"lr {row['lr']:.2e}")
@@ -151,6 +155,24 @@ def progress_line(stage: int, step: int, total: int, row: dict[str, float], eta_
     return " | ".join(p for p in parts if p)
 
 
+def heldout_line(stage: int, step: int, row: dict[str, float]) -> str:
+    """``[momo_ds] stage 3 step 143 held-out | pair/itc 3.9 text/mlm 4.8 | pair R@1 tr/ir 7.8/6.2 R@10 41.0/43.1 % |
+    (chance R@1 1.6) | pair ITM random/hard 88.1/55.0 %`` (retrieval both ways; ITM balanced accuracy against random /
+    hard negatives), or "" when the row has no held-out columns."""
+    held = {k[len("eval/"):]: v for k, v in row.items() if k.startswith("eval/")}
+    if not held:
+        return ""
+    parts = [f"[momo_ds] stage {stage} step {step} held-out",
+             " ".join(f"{k.replace('_loss', '')} {v:.4g}" for k, v in held.items() if k.endswith("_loss"))]
+    for stream in sorted({k.split("/")[0] for k in held if k.endswith("tr@1_pct")}):
+        g = {k.split("/", 1)[1]: v for k, v in held.items() if k.startswith(f"{stream}/")}
+        parts.append(f"{stream} R@1 tr/ir {g['tr@1_pct']:.1f}/{g['ir@1_pct']:.1f} R@10 {g['tr@10_pct']:.1f}/"
+                     f"{g['ir@10_pct']:.1f} % (chance R@1 {g['chance_r1_pct']:.1f})")
+        if "itm_random_bacc_pct" in g:
+            parts.append(f"{stream} ITM random/hard {g['itm_random_bacc_pct']:.1f}/{g['itm_hard_bacc_pct']:.1f} %")
+    return " | ".join(p for p in parts if p)
+
+
 def _clock(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
@@ -161,6 +183,8 @@ def _short(row: dict[str, float]) -> dict[str, float]:
     """What fits on the progress bar: per-objective losses, LR, throughput, MFU, skipped samples."""
     out = {}
     for k, v in row.items():
+        if k.startswith("eval/"):
+            continue
         if k.endswith("_loss") or k in ("lr", "samples_per_s", "tokens_per_s", "mfu") or k.endswith("/skipped"):
             out[k.replace("_loss", "").replace("samples_per_s", "smp/s").replace("tokens_per_s", "tok/s")] = v
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +20,7 @@ from momo_ds.config import RecipeConfig, TrainConfig
 from momo_ds.typed import to_dict
 from momo_ds.engine import checkpoint as ckpt
 from momo_ds.engine.cmga import CMGAStep
+from momo_ds.engine.heldout import HeldOut
 from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, zero_stage
 from momo_ds.engine.metrics import MetricsWriter, StageConsole
 from momo_ds.engine.optim import build_optimizer, build_scheduler
@@ -108,6 +110,7 @@ class StageRunner:
 
         self.loader = build_stage_loader(recipe.data, tokenizer=tokenizer, patch_size=self.model_cfg.patch_size,
                                          rank=self.rank, world_size=self.world)
+        self.heldout = HeldOut(recipe, tokenizer, self.model_cfg.patch_size, self.rank, self.world)
         self.step = 0
         self.counters = {"samples": 0, "tokens": 0, "elapsed_s": 0.0}
         if resume:
@@ -158,8 +161,11 @@ class StageRunner:
                 window.add(self._update(clock))
                 self.step += 1
                 stopping = vote(stop is not None and stop.requested) and self.step < total
-                if self.step % self.log_every == 0 or self.step == total or stopping:
+                evaluating = self.heldout.due(self.step)
+                if self.step % self.log_every == 0 or self.step == total or stopping or evaluating:
                     last = self._log_window(window, clock.read())
+                    if evaluating:
+                        last.update(self._evaluate(clock))
                     writer.write(self.step, last)
                     console.update(self.step, last)
                     window = Window()
@@ -202,6 +208,13 @@ class StageRunner:
         self.engine.step()
         clock.lap("optim")
         return result
+
+    def _evaluate(self, clock: StepClock) -> dict[str, float]:
+        """Held-out evaluation (train.eval_every), its time left out of the throughput of the next window."""
+        start = time.perf_counter()
+        row = self.heldout.evaluate(self.engine.module, self.dtype, self.device)
+        clock.exclude(time.perf_counter() - start)
+        return row
 
     def _log_window(self, window: Window, times: dict[str, float]) -> dict[str, float]:
         """Host sync point: the window's loss terms averaged over the steps that produced them and over ranks,

@@ -49,6 +49,11 @@ class StepClock:
                 self._events.append((phase, self._event, event))
             self._event = event
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` just spent on something else (held-out evaluation) out of the window."""
+        self.start += seconds
+        self._last += seconds
+
     def read(self) -> dict[str, float]:
         """{"wall_s", "data_s", "fwd_bwd_s", "optim_s"} of the window; a new window starts now."""
         wall = time.perf_counter() - self.start
