@@ -223,3 +223,21 @@ def test_rendezvous_from_srun_tasks_or_a_world_of_one():
         rendezvous_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
     one = rendezvous_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
     assert one["WORLD_SIZE"] == "1" and one["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_gpu_optimizer_falls_back_to_torch_fused_adamw_in_one_line(monkeypatch, capsys):
+    """No compiler for DeepSpeed's FusedAdam: torch's fused AdamW, said in one line, never a slow path silently."""
+    import deepspeed.ops.adam as ds_adam
+
+    from momo_ds.config import TrainConfig
+    from momo_ds.engine.optim import build_optimizer
+
+    def no_nvcc(*args, **kwargs):
+        raise RuntimeError("Error building extension 'fused_adam': nvcc not found")
+
+    monkeypatch.setattr(ds_adam, "FusedAdam", no_nvcc)
+    capsys.readouterr()  # the import's own accelerator line
+    opt = build_optimizer(torch.nn.Linear(4, 4), TrainConfig(), "cuda")
+    assert type(opt) is torch.optim.AdamW and opt.defaults["fused"] is True
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[momo_ds]")]
+    assert len(lines) == 1 and "FusedAdam unavailable" in lines[0] and "AdamW(fused=True)" in lines[0]
