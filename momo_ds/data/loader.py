@@ -4,11 +4,15 @@
     batches = loader.next()          # {stream name: ImageBatch | TextBatch | PairBatch}, data_cfg.streams order
     state = loader.state_dict()      # JSON-serialisable, per rank
     loader.load_state_dict(state)    # next() continues exactly where the saved loader was
+    loader.load_elastic_state(states)  # every old rank's state, any old world size / workers (elastic.py)
 
 Each stream has its own DataLoader with ``data_cfg.num_workers`` workers (0: in-process). Workers yield whole
 batches in strict round robin; every batch carries its slot's position and cumulative skip counts (see
 stream.py), so the main process always knows the exact position of every slot *as consumed by the trainer*
 (prefetched batches are not counted) and the skip counts of all its workers.
+
+State version 2 adds, only while an elastic restore is being played, ``"replay"`` to a stream's state: per slot
+the segments of old slots still to play before its own position (elastic.py); version 1 states still load.
 """
 from __future__ import annotations
 
@@ -20,12 +24,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..config import DataConfig, StreamConfig
+from . import elastic
 from .errors import DataError, SampleError, SkipStats
 from .shards import TarErrorCounter, check_shards, raw_samples
 from .stream import SampleProcessor, StreamDataset, StreamSpec
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+STATE_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 1: no "replay"
 
 
 def probe_stream(spec: StreamSpec, tokenizer) -> None:
@@ -80,6 +86,7 @@ class _StreamRunner:
         self.slots_n = max(1, num_workers)
         self.pin_memory = pin_memory
         self.slots = [[0, 0, 0, 0] for _ in range(self.slots_n)]
+        self.replay: list[list[dict]] = [[] for _ in range(self.slots_n)]  # elastic restore segments per slot
         self.batches = 0
         self.base_skips = SkipStats()
         self.worker_skips: dict[int, dict] = {}
@@ -88,7 +95,8 @@ class _StreamRunner:
 
     def _start(self) -> None:
         ds = StreamDataset(self.spec, self.tokenizer, starts=[list(p) for p in self.slots],
-                           rotation=self.batches % self.slots_n)
+                           rotation=self.batches % self.slots_n,
+                           replays=[elastic.copy_segments(r) for r in self.replay] if any(self.replay) else None)
         if self.num_workers == 0:
             self._it = iter(ds)
         else:
@@ -110,6 +118,7 @@ class _StreamRunner:
             raise RuntimeError(f"stream {self.spec.stream.name!r}: batch from worker slot {slot}, expected "
                                f"{self.batches % self.slots_n}")
         self.slots[slot] = list(meta["pos"])
+        self.replay[slot] = meta.get("replay", [])
         self.worker_skips[slot] = meta["skips"]
         self.batches += 1
         return batch
@@ -121,27 +130,37 @@ class _StreamRunner:
         return total
 
     def epoch(self) -> int:
-        return min(p[0] for p in self.slots)
+        """The lowest epoch a slot still reads (a slot replaying old slots: the lowest epoch of its segments)."""
+        return min(min(seg["pos"][0] for seg in r) if r else p[0] for p, r in zip(self.slots, self.replay))
 
-    def state_dict(self) -> dict:
+    def header(self) -> dict:
+        """The layout fields of the state (what a saved state must match to be restored exactly)."""
         s = self.spec
         return {"kind": s.stream.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
                 "num_slots": self.slots_n, "batch_size": s.stream.batch_size, "num_shards": len(s.urls),
-                "repeat": s.stream.repeat, "epoch": self.epoch(), "batches": self.batches,
-                "samples": self.batches * s.stream.batch_size, "slots": [list(p) for p in self.slots],
-                "skips": self.skips().as_dict()}
+                "repeat": s.stream.repeat}
+
+    def state_dict(self) -> dict:
+        s = self.spec
+        d = dict(self.header(), epoch=self.epoch(), batches=self.batches,
+                 samples=self.batches * s.stream.batch_size, slots=[list(p) for p in self.slots],
+                 skips=self.skips().as_dict())
+        if any(self.replay):
+            d["replay"] = [elastic.copy_segments(r) for r in self.replay]
+        return d
 
     def load_state_dict(self, d: dict, strict: bool) -> None:
         s = self.spec
-        expected = {"kind": s.stream.kind, "seed": s.seed, "rank": s.rank, "world_size": s.world_size,
-                    "num_slots": self.slots_n, "batch_size": s.stream.batch_size, "num_shards": len(s.urls),
-                    "repeat": s.stream.repeat}
+        expected = self.header()
         diff = {k: (d.get(k), v) for k, v in expected.items() if d.get(k) != v}
         self.shutdown()
         self.base_skips = SkipStats(d.get("skips", {}))
         self.worker_skips = {}
+        self.replay = [[] for _ in range(self.slots_n)]
         if not diff:
             self.slots = [list(p) for p in d["slots"]]
+            if d.get("replay"):
+                self.replay = [elastic.copy_segments(r) for r in d["replay"]]
             self.batches = int(d["batches"])
             return
         changes = ", ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in diff.items())
@@ -192,8 +211,7 @@ class StageLoader:
 
     def load_state_dict(self, d: dict, strict: bool = True) -> None:
         """Restore positions; with ``strict`` a layout change (workers, world size, seed, shards...) is an error."""
-        if d.get("version") != STATE_VERSION:
-            raise DataError(f"loader state version {d.get('version')!r}; this code reads {STATE_VERSION}")
+        _check_version(d)
         saved = d["streams"]
         missing = [r.spec.stream.name for r in self.streams if r.spec.stream.name not in saved]
         if missing and strict:
@@ -201,6 +219,36 @@ class StageLoader:
         for r in self.streams:
             if r.spec.stream.name in saved:
                 r.load_state_dict(saved[r.spec.stream.name], strict)
+
+    def load_elastic_state(self, states: Sequence[dict]) -> None:
+        """Resume from the saved states of *every* rank of a run (``states``: one ``state_dict()`` per old rank,
+        any order) whose world size, num_workers or stream batch sizes may differ from this loader's.
+
+        Per stream: an unchanged layout restores exactly (``load_state_dict`` of this rank's state); otherwise
+        the old slots' unconsumed samples up to the highest saved epoch E are replayed once over the new slots,
+        which then go on at epoch E + 1 in the new layout; see the guarantee in :mod:`momo_ds.data.elastic`.
+        DataError when a state is missing a stream, the ranks are not one complete set, or the data differs
+        (kind, seed, number of shards, repeat).
+        """
+        if not states:
+            raise DataError("elastic restore: no saved loader state given")
+        for d in states:
+            _check_version(d)
+        for r in self.streams:
+            name = r.spec.stream.name
+            missing = [i for i, d in enumerate(states) if name not in d["streams"]]
+            if missing:
+                raise DataError(f"loader state(s) {missing} have no stream {name!r}")
+            olds = elastic.ordered_stream_states(name, [d["streams"][name] for d in states])
+            header = r.header()
+            if elastic.same_layout(olds, header):
+                r.load_state_dict(olds[r.spec.rank], strict=True)
+            else:
+                new = elastic.remap_stream(name, olds, header, resampled=r.spec.stream.resampled)
+                log.info("stream %r: elastic restore from %d rank(s) x %d slot(s) to rank %d of %d x %d slot(s), "
+                         "new layout from epoch %d", name, olds[0]["world_size"], olds[0]["num_slots"],
+                         r.spec.rank, r.spec.world_size, r.slots_n, new["slots"][0][0])
+                r.load_state_dict(new, strict=True)
 
     def skip_counts(self) -> dict[str, dict[str, int]]:
         return {r.spec.stream.name: r.skips().as_dict() for r in self.streams}
@@ -227,6 +275,11 @@ class StageLoader:
             self.close()
         except Exception:
             pass
+
+
+def _check_version(d: dict) -> None:
+    if d.get("version") not in READS_VERSIONS:
+        raise DataError(f"loader state version {d.get('version')!r}; this code reads {list(READS_VERSIONS)}")
 
 
 def check_streams(data_cfg: DataConfig) -> None:

@@ -9,12 +9,16 @@ next window of that document (text streams split long documents), and the slot's
 a position rebuilds that epoch's pipeline, drops ``raw`` raw samples without decoding them, and continues:
 per-sample randomness is seeded from (seed, stream, epoch, slot, raw index) and masks from (seed, stream, slot,
 batch count), so the batches are bitwise those the uninterrupted slot would have produced.
+
+Replay (elastic restore, see elastic.py): a slot can first play *segments* of another layout's slots, each from a
+saved position to the end of a given epoch, with that slot's shard split, shuffle and sample seeds, before its
+own position; ``meta["replay"]`` then carries the segments left, the current one at its consumed position.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -119,54 +123,59 @@ def collate_stream(spec: StreamSpec, items: list, pad_id: int, seed: int):
 
 
 class StreamDataset(IterableDataset):
-    """Yields ``(batch, meta)``; ``starts[w]`` is the start position of logical worker w.
+    """Yields ``(batch, meta)``; ``starts[w]`` is the start position of logical worker w, ``replays[w]`` the
+    replay segments it plays first (elastic restore, see elastic.py; none by default).
 
     rotation: physical worker p plays logical worker ``(p + rotation) % num_workers``. The DataLoader always
     asks worker 0 first; after a restore the next batch must come from logical worker ``batches % num_workers``.
     """
 
-    def __init__(self, spec: StreamSpec, tokenizer, starts: Optional[list[list[int]]] = None, rotation: int = 0):
+    def __init__(self, spec: StreamSpec, tokenizer, starts: Optional[list[list[int]]] = None, rotation: int = 0,
+                 replays: Optional[list[list[dict]]] = None):
         super().__init__()
         self.spec = spec
         self.tokenizer = tokenizer
         self.starts = starts
         self.rotation = rotation
+        self.replays = replays
 
     def __iter__(self) -> Iterator[tuple[object, dict]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         logical = (worker + self.rotation) % workers
         start = list(self.starts[logical]) if self.starts else [0, 0, 0, 0]
-        return self.iter_slot(logical, workers, start)
+        replay = self.replays[logical] if self.replays else ()
+        return self.iter_slot(logical, workers, start, replay)
 
-    def _raw_epoch(self, epoch: int, worker: int, workers: int, counter: TarErrorCounter) -> Iterator[dict]:
+    def _raw_epoch(self, epoch: int, layout: tuple[int, int, int, int], counter: TarErrorCounter) -> Iterator[dict]:
+        """Raw samples of ``epoch`` for the slot ``layout = (rank, world_size, worker, workers)``."""
         s = self.spec
-        slot = s.rank * workers + worker
+        rank, world_size, worker, workers = layout
+        slot = rank * workers + worker
         shuffle_seed = mix_seed(s.seed, s.key, "shuffle", epoch, slot) if s.train else None
         if s.stream.resampled and s.train:
-            draws = max(1, round(s.stream.repeat * len(s.urls) / (s.world_size * workers)))
+            draws = max(1, round(s.stream.repeat * len(s.urls) / (world_size * workers)))
             return raw_samples([], handler=counter, shuffle_buffer=s.shuffle_buffer, shuffle_seed=shuffle_seed,
                                resample=(s.urls, draws, mix_seed(s.seed, s.key, "resample", epoch, slot)))
         window = epoch_shards(s.urls, epoch, repeat=s.stream.repeat, seed=s.seed, key=s.key, shuffle=s.train)
-        shards, filters = split_for_slot(window, s.rank, s.world_size, worker, workers)
+        shards, filters = split_for_slot(window, rank, world_size, worker, workers)
         return raw_samples(shards, handler=counter, filters=filters, shuffle_buffer=s.shuffle_buffer,
                            shuffle_seed=shuffle_seed)
 
-    def iter_slot(self, worker: int, workers: int, start: Optional[list[int]] = None) -> Iterator[tuple[object, dict]]:
-        """Batches of logical worker ``worker`` of ``workers`` (on this spec's rank) from position ``start``."""
+    def _items(self, layout: tuple[int, int, int, int], start: list[int], until: Optional[int],
+               processor: SampleProcessor, skips: SkipStats, counter: TarErrorCounter,
+               replayed: bool = False) -> Iterator[tuple[object, list]]:
+        """``(model sample, [epoch, raw, window] after it)`` of slot ``layout`` from ``start = [epoch, raw,
+        window]`` to the end of epoch ``until`` (None: forever; evaluation: one pass)."""
         s = self.spec
-        epoch, raw0, win0, nbatch = start or [0, 0, 0, 0]
-        slot = s.rank * workers + worker
-        processor = SampleProcessor(s, self.tokenizer)
-        pad_id = getattr(self.tokenizer, "pad_id", 0)
-        skips = SkipStats()
-        counter = TarErrorCounter(skips, s.stream.name)
-        buf: list = []
+        rank, world_size, worker, workers = layout
+        slot = rank * workers + worker
+        epoch, raw0, win0 = start
         empty_epochs = 0
-        while True:
+        while until is None or epoch <= until:
             produced = False
             counter.active = raw0 == 0
-            for raw_idx, raw in enumerate(self._raw_epoch(epoch, worker, workers, counter)):
+            for raw_idx, raw in enumerate(self._raw_epoch(epoch, layout, counter)):
                 if raw_idx < raw0:
                     continue  # fast-forward of a restored slot: no decoding
                 counter.active = True
@@ -179,23 +188,54 @@ class StreamDataset(IterableDataset):
                     if raw_idx == raw0 and j < win0:
                         continue
                     produced = True
-                    buf.append(item)
-                    if len(buf) == s.stream.batch_size:
-                        nbatch += 1
-                        pos = [epoch, raw_idx, j + 1] if j + 1 < len(items) else [epoch, raw_idx + 1, 0]
-                        batch = collate_stream(s, buf, pad_id, mix_seed(s.seed, s.key, "mask", slot, nbatch))
-                        buf = []
-                        yield batch, {"slot": worker, "pos": pos + [nbatch], "skips": skips.as_dict()}
+                    yield item, ([epoch, raw_idx, j + 1] if j + 1 < len(items) else [epoch, raw_idx + 1, 0])
             raw0 = win0 = 0
             if not s.train:
-                if buf:
-                    nbatch += 1
-                    batch = collate_stream(s, buf, pad_id, 0)
-                    yield batch, {"slot": worker, "pos": [epoch + 1, 0, 0, nbatch], "skips": skips.as_dict()}
                 return
             epoch += 1
             empty_epochs = 0 if produced else empty_epochs + 1
             if empty_epochs >= MAX_EMPTY_EPOCHS:
-                raise DataError(f"stream {s.stream.name!r}: rank {s.rank} worker {worker} got no usable sample in "
+                where = f" (replayed on rank {s.rank})" if replayed else ""
+                raise DataError(f"stream {s.stream.name!r}: rank {rank} worker {worker} got no usable sample in "
                                 f"{MAX_EMPTY_EPOCHS} consecutive epochs ({len(s.urls)} shards for "
-                                f"{s.world_size * workers} loader slots; skipped: {skips.as_dict()})")
+                                f"{world_size * workers} loader slots; skipped: {skips.as_dict()}){where}")
+
+    def iter_slot(self, worker: int, workers: int, start: Optional[list[int]] = None,
+                  replay: Sequence[dict] = ()) -> Iterator[tuple[object, dict]]:
+        """Batches of logical worker ``worker`` of ``workers`` (on this spec's rank) from position ``start``.
+
+        replay: segments ``{"slot": [rank, world_size, worker, workers], "pos": [epoch, raw, window], "until":
+        epoch}`` played in order before ``start``: each is the rest of another layout's slot, to the end of epoch
+        ``until``, with that slot's shard split, shuffle and sample seeds. Items of a partial batch carry over
+        from one segment to the next (as from one epoch to the next); masks are drawn from this slot's own
+        (slot, batch count). While a segment plays, ``meta`` has ``"replay"`` (the segments left, the current one
+        at its consumed position) and ``pos`` stays ``start`` with the batch count updated.
+        """
+        s = self.spec
+        epoch, raw0, win0, nbatch = start or [0, 0, 0, 0]
+        slot = s.rank * workers + worker
+        processor = SampleProcessor(s, self.tokenizer)
+        pad_id = getattr(self.tokenizer, "pad_id", 0)
+        skips = SkipStats()
+        counter = TarErrorCounter(skips, s.stream.name)
+        replay = [dict(seg) for seg in replay] if s.train else []
+        segments = [(tuple(seg["slot"]), list(seg["pos"]), int(seg["until"])) for seg in replay]
+        segments.append(((s.rank, s.world_size, worker, workers), [epoch, raw0, win0], None))
+        buf: list = []
+        for k, (layout, seg_start, until) in enumerate(segments):
+            last = k == len(segments) - 1
+            for item, after in self._items(layout, seg_start, until, processor, skips, counter, not last):
+                buf.append(item)
+                if len(buf) == s.stream.batch_size:
+                    nbatch += 1
+                    batch = collate_stream(s, buf, pad_id, mix_seed(s.seed, s.key, "mask", slot, nbatch))
+                    buf = []
+                    if last:
+                        yield batch, {"slot": worker, "pos": after + [nbatch], "skips": skips.as_dict()}
+                    else:
+                        yield batch, {"slot": worker, "pos": [epoch, raw0, win0, nbatch], "skips": skips.as_dict(),
+                                      "replay": [dict(replay[k], pos=after)] + [dict(r) for r in replay[k + 1:]]}
+        if buf:  # evaluation only: the partial last batch
+            nbatch += 1
+            batch = collate_stream(s, buf, pad_id, 0)
+            yield batch, {"slot": worker, "pos": [epoch + 1, 0, 0, nbatch], "skips": skips.as_dict()}

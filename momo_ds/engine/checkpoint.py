@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +32,7 @@ from safetensors.torch import save_file
 from momo_ds import distributed as mdist
 
 LATEST = "latest"
+TAG = re.compile(r"step_\d{8}")
 MANIFEST = "MANIFEST.json"
 
 
@@ -115,8 +117,9 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict[str, Any], rank_s
     mdist.barrier()
     if rank == 0:
         atomic_write_text(ckpt_dir / LATEST, tag)
-        for old in sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())[:-max(1, keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in step_tags(ckpt_dir)[:-max(1, keep_last)]:
+            for path in (ckpt_dir / old, *ckpt_dir.glob(f"{old}_*")):  # and its converted copies (elastic resume)
+                shutil.rmtree(path, ignore_errors=True)
     mdist.barrier()
     return ckpt_dir / tag
 
@@ -164,6 +167,11 @@ def check_tag(ckpt_dir: Path, tag: str) -> Optional[str]:
     return None
 
 
+def step_tags(ckpt_dir: Path) -> list[str]:
+    """The checkpoint tags (``step_XXXXXXXX`` directories) in ``ckpt_dir``, oldest first."""
+    return sorted(p.name for p in Path(ckpt_dir).glob("step_*") if p.is_dir() and TAG.fullmatch(p.name))
+
+
 def latest_tag(ckpt_dir: Path) -> Optional[str]:
     """The newest tag complete on this node (no collective): what a failed save leaves to resume from."""
     return next((t for t in resume_candidates(ckpt_dir) if check_tag(ckpt_dir, t) is None), None)
@@ -172,7 +180,7 @@ def latest_tag(ckpt_dir: Path) -> Optional[str]:
 def resume_candidates(ckpt_dir: Path) -> list[str]:
     """Tags to try, best first: the one ``latest`` names, then every ``step_*`` directory, newest first."""
     ckpt_dir = Path(ckpt_dir)
-    tags = sorted((p.name for p in ckpt_dir.glob("step_*") if p.is_dir()), reverse=True)
+    tags = step_tags(ckpt_dir)[::-1]
     named = (ckpt_dir / LATEST).read_text().strip() if (ckpt_dir / LATEST).is_file() else None
     return ([named] if named else []) + [t for t in tags if t != named]
 

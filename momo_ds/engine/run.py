@@ -141,7 +141,7 @@ def _run_stage(args, recipe, out: Path, ds_cfg: dict, stop, info):
     info = synthetic or info
     init_state, source = _init_state(recipe, out)
     runner = StageRunner(recipe, ds_cfg, stage_dir, tokenizer, init_state=init_state, init_source=source,
-                         resume=args.resume)
+                         resume_run=args.resume)
     try:
         result = runner.train(stop)
     except Preempted:

@@ -19,6 +19,7 @@ from momo_ds.distributed import FlagVote
 from momo_ds.config import RecipeConfig, TrainConfig
 from momo_ds.typed import to_dict
 from momo_ds.engine import checkpoint as ckpt
+from momo_ds.engine import resume
 from momo_ds.engine.cmga import CMGAStep
 from momo_ds.engine.heldout import HeldOut
 from momo_ds.engine.ds_config import ds_dtype, resolve_ds_config, uses_offload, zero_stage
@@ -82,7 +83,7 @@ def build_engine(recipe: RecipeConfig, ds_cfg: dict[str, Any], model: torch.nn.M
 class StageRunner:
     def __init__(self, recipe: RecipeConfig, ds_cfg: dict[str, Any], stage_dir: Path, tokenizer,
                  init_state: Optional[dict[str, torch.Tensor]] = None, init_source: str = "",
-                 resume: bool = False, log_every: Optional[int] = None):
+                 resume_run: bool = False, log_every: Optional[int] = None):
         self.recipe, self.stage_dir, self.tokenizer = recipe, Path(stage_dir), tokenizer
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
         self.main = self.rank == 0
@@ -102,7 +103,10 @@ class StageRunner:
             init_from_previous(model, init_state, init_source)
         if recipe.train.mae_checkpoint:
             init_from_mae(model, recipe.train.mae_checkpoint)
-        self.engine, self.updates = build_engine(recipe, self.ds_cfg, model, self.device)
+        say = lambda line: print(f"[momo_ds] {line}", flush=True)  # noqa: E731  (rank 0 calls it)
+        self.resume_plan = resume.plan(self.ckpt_dir, say) if resume_run else resume.ResumePlan(world=self.world)
+        self.engine, self.updates = build_engine(recipe, resume.engine_config(self.resume_plan, self.ds_cfg), model,
+                                                 self.device)
         self.steps_per_draw = len(self.updates)
         self._drawn = None
 
@@ -113,8 +117,8 @@ class StageRunner:
         self.heldout = HeldOut(recipe, tokenizer, self.model_cfg.patch_size, self.rank, self.world)
         self.step = 0
         self.counters = {"samples": 0, "tokens": 0, "elapsed_s": 0.0}
-        if resume:
-            self._maybe_resume()
+        if self.resume_plan.tag is not None:
+            self._resume()
         self.log_every = log_every or recipe.train.log_every
         self.peak, peak_source = device_peak(self.device, self.dtype, quick=True)
         if self.main:
@@ -122,23 +126,15 @@ class StageRunner:
                   f"{f' = {self.peak / 1e12:.3g} TFLOP/s' if self.peak else ''}", flush=True)
 
     # ---------------------------------------------------------------------------------------------- checkpoints
-    def _maybe_resume(self) -> None:
-        tag = ckpt.resume_tag(self.ckpt_dir, say=lambda line: print(f"[momo_ds] {line}", flush=True))
-        if tag is None:
-            return
-        try:
-            client, rank_state = ckpt.load(self.engine, self.ckpt_dir, tag)
-        except ckpt.CheckpointError:
-            raise
-        except Exception as e:  # complete by its manifest, yet unreadable: name it rather than trace back
-            raise ckpt.CheckpointError(f"could not resume from {self.ckpt_dir / tag}: "
-                                       f"{' '.join(f'{type(e).__name__}: {e}'.split())[:400]}") from None
+    def _resume(self) -> None:
+        p = self.resume_plan
+        client = resume.restore(p, self.engine, self.loader, self.ckpt_dir, self.recipe.train.seed)
         self.step = int(client["step"])
         self.counters = dict(client.get("counters", self.counters))
-        self.loader.load_state_dict(rank_state["loader"])
-        ckpt.set_rng_state(rank_state["rng"])
         if self.main:
-            print(f"[momo_ds] resumed stage {self.recipe.stage} from {self.ckpt_dir / tag} at step {self.step}")
+            how = f" (written by {p.saved_world} ranks, now {p.world}: elastic)" if p.elastic else ""
+            print(f"[momo_ds] resumed stage {self.recipe.stage} from {self.ckpt_dir / p.tag} at step {self.step}{how}",
+                  flush=True)
 
     def save(self) -> Path:
         client = {"step": self.step, "stage": self.recipe.stage, "counters": self.counters}
