@@ -17,7 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from momo_ds.engine import lifecycle  # noqa: E402
 from momo_ds.engine.run import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Exit status: 0 finished, 2 a config or data error, 75 stopped by a signal with a checkpoint, 1 an uncaught
+    # error (after its traceback). lifecycle also removes DeepSpeed's shared-memory buffers: stale ones at the
+    # start, this run's at the end.
+    lifecycle.run_main(main)

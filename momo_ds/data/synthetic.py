@@ -22,7 +22,10 @@ import json
 import math
 import os
 import random
+import re
+import secrets
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -218,14 +221,22 @@ def make_synthetic(out_dir: Union[str, Path], num: int = 4000, image_size: int =
     """
     root = Path(out_dir).expanduser().resolve()
     params = {"version": VERSION, "num": int(num), "image_size": int(image_size), "seed": int(seed)}
+    clean_stale_builds(root)
     cached = _load_manifest(root, params)
     if cached is not None:
         return cached
     if num < 1 or image_size < 8:
         raise ValueError(f"make_synthetic: num={num} must be >= 1 and image_size={image_size} >= 8")
     # Build in a private directory, then move files into place (concurrent callers write identical files).
-    tmp = root / f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = root / _build_dir_name()
+    try:
+        return _generate(root, tmp, params, num, image_size, seed)
+    except BaseException:  # a failed generation leaves nothing behind (a killed one: the next start removes it)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _generate(root: Path, tmp: Path, params: dict, num: int, image_size: int, seed: int) -> SyntheticInfo:
     nval = max(64, num // 8)
     shards: dict[str, dict[str, str]] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -252,6 +263,56 @@ def make_synthetic(out_dir: Union[str, Path], num: int = 4000, image_size: int =
     info = _load_manifest(root, params)
     assert info is not None
     return info
+
+
+# A generation builds in ``<root>/.tmp-<pid>-<token>-<host>``: the process, a random token (a reused pid never
+# meets an old directory) and the host (``root`` may be on a file system several hosts share).
+_BUILD_DIR = re.compile(r"^\.tmp-(?P<pid>\d+)(?:-(?P<token>[0-9a-f]{8})-(?P<host>.+))?$")
+
+
+def _build_dir_name() -> str:
+    return f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{socket.gethostname()}"
+
+
+def clean_stale_builds(root: Path) -> list[Path]:
+    """Remove the build directories of generations that were killed: on this host, their process is gone, or the
+    process now holding that pid started after the directory last changed (so it is not the one that made it).
+    Directories of other hosts are left alone (their processes cannot be seen from here); ``.tmp-<pid>`` (no
+    host, written before this naming) counts as this host's. Returns what was removed."""
+    if not root.is_dir():
+        return []
+    host, removed = socket.gethostname(), []
+    for path in root.iterdir():
+        m = _BUILD_DIR.match(path.name)
+        if m is None or (m["host"] is not None and m["host"] != host) or m["pid"] == str(os.getpid()):
+            continue
+        try:
+            changed = path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if _process_alive_since(int(m["pid"]), changed):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive_since(pid: int, changed: float) -> bool:
+    """Whether a process ``pid`` is alive and may have written at time ``changed`` (it started before it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # alive, age unknown: keep its directory
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return started <= changed + 1.0  # btime is whole seconds
 
 
 def _load_manifest(root: Path, params: dict) -> Optional[SyntheticInfo]:
