@@ -252,11 +252,15 @@ def _base_optimizer(engine):
 
 def _saved_param_groups(out: Path) -> list[dict[str, Any]]:
     """The optimizer's param-group hyper-parameters as saved, from ``zero/optimizer_state.pt`` of our own
-    universal copy (it holds DeepSpeed enums, so torch's weights-only unpickler refuses it; DeepSpeed's load has
-    just unpickled the same file fully)."""
+    universal copy, read weights-only (DeepSpeed's loss-scaler and ZeRO-stage classes allowed by name)."""
     import torch
 
-    sd = torch.load(out / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    # torch's weights-only unpickler, with the three DeepSpeed classes this file holds allowed by name
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum]):
+        sd = torch.load(out / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=True)
     groups = sd.get("param_groups") or sd.get("optimizer_state_dict", {}).get("param_groups") or []
     return [{k: v for k, v in g.items() if k != "params"} for g in groups]
 
