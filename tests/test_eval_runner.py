@@ -67,7 +67,8 @@ def _err(capsys, argv):
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, random_encoder, synthetic):
     assert "encoder file not found" in _err(capsys, ["--encoder", str(tmp_path / "nope.safetensors"),
                                                      "--task", "retrieval"])
-    assert "unknown task 'vqa'" in _err(capsys, ["--encoder", str(random_encoder), "--task", "vqa"])
+    assert "unknown task 'nlvr2'" in _err(capsys, ["--encoder", str(random_encoder), "--task", "nlvr2"])
+    assert "vqa needs --vqa" in _err(capsys, ["--encoder", str(random_encoder), "--task", "vqa"])
     assert "needs --pairs" in _err(capsys, ["--encoder", str(random_encoder), "--task", "retrieval"])
     assert "shard not found" in _err(capsys, ["--encoder", str(random_encoder), "--task", "retrieval",
                                               "--pairs", str(tmp_path / "missing-{000..001}.tar")])
@@ -164,9 +165,9 @@ def test_a_crash_in_one_task_is_recorded_and_the_rest_still_run(tmp_path, capsys
 def test_first_user_mistakes_are_one_line_errors_before_any_task_runs(tmp_path, capsys, random_encoder, synthetic):
     enc, pairs = ["--encoder", str(random_encoder)], ["--pairs", synthetic.shards["pair"]["val"]]
     out = tmp_path / "eval.json"
-    assert "unknown task 'vqa'" in _err(capsys, [*enc, "--task", "retrieval", "vqa", *pairs, "--json", str(out)])
+    assert "unknown task 'nlvr2'" in _err(capsys, [*enc, "--task", "retrieval", "nlvr2", *pairs, "--json", str(out)])
     assert not out.exists(), "the typo in the second task must stop the command before retrieval runs"
-    assert "glue needs --glue_task" in _err(capsys, [*enc, "--task", "glue", "--train", "a", "--val", "b"])
+    assert "glue needs --glue_dir (the suite) or --glue_task" in _err(capsys, [*enc, "--task", "glue", "--train", "a", "--val", "b"])
     assert "--device 'gpu'" in _err(capsys, [*enc, "--task", "retrieval", *pairs, "--device", "gpu"])
     if not torch.cuda.is_available():
         assert "CUDA is not available" in _err(capsys, [*enc, "--task", "retrieval", *pairs, "--device", "cuda"])

@@ -42,13 +42,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="documents of plain-text files")
     txt.add_argument("--text-field", default="text", help="field of .jsonl/.json records, column of .parquet")
     cap = sub.add_parser("captions", parents=[common],
-                         help="JSONL / CSV / TSV / JSON array of records / COCO captions JSON")
+                         help="JSONL / CSV / TSV / JSON array of records / COCO captions JSON / Karpathy split JSON")
     cap.add_argument("path")
     cap.add_argument("--image-root", default=None,
                      help="folder of relative image paths (default: the file's folder; for COCO's "
                           "annotations/captions_<split>.json, the <split>/ folder beside annotations/)")
     cap.add_argument("--image-field", default=None)
     cap.add_argument("--caption-field", default=None)
+    cap.add_argument("--split", action="append", default=None,
+                     help="Karpathy split files (dataset_coco.json, dataset_flickr30k.json): the split(s) to write, "
+                          "e.g. --split train --split restval (default: all)")
     for s in (img, cap):
         s.add_argument("--seed", type=int, default=0, help="shuffle seed for the sample order")
         s.add_argument("--no-shuffle", action="store_true")
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace, console: Console) -> sw.ShardSummary:
         task = bar.add_task(f"captions {args.path}", total=None)
         return caption_shards.write_captions(args.path, args.out, image_root=args.image_root, prefix=args.prefix,
                                  shard_size=args.shard_size or 1000, image_field=args.image_field,
-                                 caption_field=args.caption_field, verify=not args.no_verify,
+                                 caption_field=args.caption_field, verify=not args.no_verify, splits=args.split,
                                  shuffle_seed=None if args.no_shuffle else args.seed,
                                  progress=lambda n: bar.advance(task, n),
                                  total=lambda n: bar.update(task, total=n))

@@ -32,6 +32,26 @@ def _load_json(path: Path):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def _is_karpathy(data) -> bool:
+    images = data.get("images") if isinstance(data, dict) else None
+    return isinstance(images, list) and "annotations" not in data and any(
+        isinstance(im, dict) and "sentences" in im for im in images)
+
+
+def _karpathy_rows(data: dict, splits: Optional[Sequence[str]]) -> list[dict]:
+    """{"image", "caption"} rows of a Karpathy split file (dataset_coco.json / dataset_flickr30k.json): the image
+    at ``<filepath>/<filename>`` (Flickr30k: ``<filename>``), one row per sentence, the images of ``splits``
+    (None: all)."""
+    rows = []
+    for im in data["images"]:
+        if not isinstance(im, dict) or (splits is not None and im.get("split") not in splits):
+            continue
+        image = "/".join(str(p) for p in (im.get("filepath"), im.get("filename")) if p)
+        rows += [{"image": image or None, "caption": s.get("raw")} for s in im.get("sentences", ())
+                 if isinstance(s, dict)]
+    return rows
+
+
 def _coco_rows(data, path: Path) -> list[dict]:
     """{"image", "caption"} rows of a COCO captions JSON (``images`` + ``annotations``)."""
     if not (isinstance(data, dict) and isinstance(data.get("annotations"), list)
@@ -112,10 +132,10 @@ def _jsonl_rows(path: Path, skips: Counter) -> list:
     return rows
 
 
-def read_caption_records(path: PathLike, *, image_field: Optional[str] = None,
-                         caption_field: Optional[str] = None) -> tuple[list[tuple[str, str]], Counter]:
-    """(image path, caption) records of a JSONL, CSV/TSV, JSON (an array of records, or COCO captions) file,
-    and skip counts."""
+def read_caption_records(path: PathLike, *, image_field: Optional[str] = None, caption_field: Optional[str] = None,
+                         splits: Optional[Sequence[str]] = None) -> tuple[list[tuple[str, str]], Counter]:
+    """(image path, caption) records of a JSONL, CSV/TSV, JSON (an array of records, COCO captions, or a
+    Karpathy split file, of which ``splits`` are read: None = all) file, and skip counts."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"caption file not found: {path}")
@@ -128,6 +148,8 @@ def read_caption_records(path: PathLike, *, image_field: Optional[str] = None,
             data = _load_json(path)
             if isinstance(data, list):  # records, as in .jsonl (e.g. BLIP's coco_karpathy_*.json)
                 rows = data
+            elif _is_karpathy(data):
+                rows, images, captions = _karpathy_rows(data, splits), ("image",), ("caption",)
             else:
                 rows, images, captions = _coco_rows(data, path), ("image",), ("caption",)
         elif suffix in (".csv", ".tsv"):
@@ -179,14 +201,15 @@ def _group_captions(records: Sequence[tuple[str, str]]) -> list[tuple[str, list[
 def write_captions(path: PathLike, out_dir: PathLike, *, image_root: Optional[PathLike] = None,
                    prefix: str = "train", shard_size: int = 1000, image_field: Optional[str] = None,
                    caption_field: Optional[str] = None, shuffle_seed: Optional[int] = 0, verify: bool = True,
-                   progress: Progress = None, total: Total = None) -> ShardSummary:
+                   progress: Progress = None, total: Total = None,
+                   splits: Optional[Sequence[str]] = None) -> ShardSummary:
     """A caption file → pair shards, one sample per image holding all its captions (one per line of ``txt``).
 
     Relative image paths resolve against ``image_root`` (default: :func:`default_image_root`). The summary's
     extra names the image root used and, when images are missing, the first path looked up.
     """
     path = Path(path)
-    records, skips = read_caption_records(path, image_field=image_field, caption_field=caption_field)
+    records, skips = read_caption_records(path, image_field=image_field, caption_field=caption_field, splits=splits)
     root = Path(image_root) if image_root is not None else default_image_root(path)
     groups = _group_captions(records)
     if shuffle_seed is not None:

@@ -232,7 +232,8 @@ def evaluate_run(out: Path, stages: list[int], info) -> dict:
             r = evaluate_synthetic(enc, info, device)
             report[f"stage{n}"] = {**{f"retrieval/{k}": v for k, v in r["retrieval"].items()},
                                    **{f"linear_probe/{k}": v for k, v in r["linear_probe"].items()},
-                                   **{f"itm/{k}": v for k, v in r.get("itm", {}).items()}}
+                                   **{f"itm/{k}": v for k, v in r.get("itm", {}).items()},
+                                   **{f"orientation_probe/{k}": v for k, v in r["orientation_probe"].items()}}
     if mdist.is_main_process():
         write_report(report, out / "eval.json", title="held-out synthetic evaluation")
     return report
