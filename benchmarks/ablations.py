@@ -61,6 +61,7 @@ def evaluate(encoder: Path, data_dir: Path, num: int, seed: int) -> dict:
     r = evaluate_synthetic(encoder, make_synthetic(data_dir, num=num, image_size=32, seed=seed))
     ret, itm = r["retrieval"], r.get("itm", {})
     return {"probe_top1": r["linear_probe"]["top1"], "probe_chance": r["linear_probe"]["chance_top1"],
+            "orient_top1": r["orientation_probe"]["top1"], "orient_chance": r["orientation_probe"]["chance_top1"],
             "tr_r1": ret["tr@1_pct"], "ir_r1": ret["ir@1_pct"], "tr_r10": ret["tr@10_pct"], "ir_r10": ret["ir@10_pct"],
             "retrieval_r1": (ret["tr@1_pct"] + ret["ir@1_pct"]) / 2,
             "retrieval_r10": (ret["tr@10_pct"] + ret["ir@10_pct"]) / 2,
@@ -137,7 +138,12 @@ def stage2_study(seed: int, args, common: list[str]) -> list[dict]:
     print(f"[ablations] seed {seed}: stage 1 ({args.steps} steps)", flush=True)
     pretrain(out / "base", 1, args.steps, common, out / "stage1.log")
     init = out / "base" / "stage1" / "shared_fp32.safetensors"
-    rows = []
+    rows = [{"seed": seed, "variant": "random_init", "steps": 0, "wall_s": 0.0, "mim_loss": None, "mlm_loss": None,
+             **evaluate(random_export(out / "random", out / "base" / "data", seed), out / "base" / "data",
+                        args.num, seed)},
+            {"seed": seed, "variant": "stage1", "steps": args.steps, "wall_s": None, "mim_loss": None,
+             "mlm_loss": None, **evaluate(out / "base" / "stage1" / "encoder.safetensors", out / "base" / "data",
+                                          args.num, seed)}]
     for name, sets in VARIANTS.items():
         steps = args.steps * (2 if name == "alternating" else 1)
         vdir = out / name
@@ -148,6 +154,24 @@ def stage2_study(seed: int, args, common: list[str]) -> list[dict]:
                      "mim_loss": final.get("image/mim_loss"), "mlm_loss": final.get("text/mlm_loss"),
                      **evaluate(vdir / "stage2" / "encoder.safetensors", vdir / "data", args.num, seed)})
     return rows
+
+
+def random_export(out: Path, data: Path, seed: int) -> Path:
+    """A random-init tiny encoder exported like a trained one (the same seed's tokenizer): the baseline row."""
+    import dataclasses
+
+    import torch
+
+    from momo_ds.engine.checkpoint import export_encoder
+    from momo_ds.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("tiny", decoders=[])
+    path = out / "encoder.safetensors"
+    out.mkdir(parents=True, exist_ok=True)
+    export_encoder(model, path, {"stage": 0, "model": dataclasses.asdict(model.cfg),
+                                 "tokenizer": str(data / "tokenizer.json")})
+    return path
 
 
 def _shared_data(vdir: Path, data: Path) -> None:
@@ -261,7 +285,8 @@ def print_table(study: str, rows: list[dict]) -> None:
     from rich.table import Table
 
     cols = {"stage2": [("seed", "seed"), ("variant", "variant"), ("steps", "steps"), ("probe top-1 %", "probe_top1"),
-                       ("chance %", "probe_chance"), ("retrieval R@1 %", "retrieval_r1"), ("MIM loss", "mim_loss"),
+                       ("chance %", "probe_chance"), ("orientation top-1 %", "orient_top1"),
+                       ("retrieval R@1 %", "retrieval_r1"), ("MIM loss", "mim_loss"),
                        ("MLM loss", "mlm_loss"), ("wall s", "wall_s")],
             "align": [("seed", "seed"), ("variant", "variant"), ("steps", "steps"),
                       ("train TFLOP", "train_tflop"), ("TR/IR R@1 %", "tr_r1", "ir_r1"),
@@ -276,6 +301,16 @@ def print_table(study: str, rows: list[dict]) -> None:
         t.add_row(*(" / ".join(fmt(r.get(k)) for k in keys) for _, *keys in cols))
     console = Console(width=180)
     console.print(t)
+    if study == "stage2":
+        s = Table(title="stage-2 ablation: mean ± spread (max - min) over seeds")
+        for title in ("variant", "seeds", "probe top-1 % (16 classes)", "orientation top-1 % (4)", "MIM loss",
+                      "MLM loss"):
+            s.add_column(title)
+        ms = lambda e, k, d=1: "-" if k not in e else f"{e[k]['mean']:.{d}f} ± {e[k]['spread']:.{d}f}"  # noqa: E731
+        for e in summarize(rows):
+            s.add_row(e["variant"], str(len(e["seeds"])), ms(e, "probe_top1"), ms(e, "orient_top1"),
+                      ms(e, "mim_loss", 3), ms(e, "mlm_loss", 3))
+        console.print(s)
     if study == "align":
         s = Table(title="align ablation: mean ± spread (max - min) over seeds")
         for title in ("variant", "steps", "seeds", "train TFLOP", "R@1 % (TR, IR)", "R@10 % (TR, IR)",
