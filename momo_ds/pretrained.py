@@ -264,15 +264,9 @@ def resolve_path(path: Union[str, os.PathLike]) -> tuple[str, Path]:
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r}: {' '.join(str(e).split())}") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: CUDA is not available on this machine")
-    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return d
+    from momo_ds.eval.encoder import parse_device
+
+    return parse_device(device)
 
 
 def load_pretrained(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", *,

@@ -181,3 +181,93 @@ def test_two_rank_synthetic_run_evaluates_on_every_rank(tmp_path):
         assert report[f"retrieval/{k}"] == pytest.approx(v, abs=1e-4), k
     for k, v in single["itm"].items():
         assert report[f"itm/{k}"] == pytest.approx(v, abs=1e-4), k
+
+
+def _readme_snippet() -> str:
+    """The README's three-line load_pretrained snippet, verbatim."""
+    text = (ROOT / "README.md").read_text()
+    return text.split("<!-- snippet: load_pretrained", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def _val_pairs(out: Path, n: int):
+    """The first ``n`` held-out synthetic pairs of the run: (jpg bytes, caption)."""
+    import tarfile
+
+    pairs = {}
+    for shard in sorted((out / "data" / "pair").glob("val-*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.rsplit(".", 1)
+                pairs.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        if len(pairs) >= n:
+            break
+    return [(p["jpg"], p["txt"].decode()) for p in list(pairs.values())[:n]]
+
+
+def test_readme_snippet_embeds_with_the_stage3_export(default_run, tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    out, _ = default_run
+    code = _readme_snippet()
+    assert len([line for line in code.splitlines() if line.strip()]) == 3, code
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "momo-tiny").symlink_to(out, target_is_directory=True)  # the README's paths, this run
+    pairs = _val_pairs(out, 64)
+    (tmp_path / "cat.jpg").write_bytes(pairs[0][0])
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    sim, m = ns["sim"], ns["m"]
+    assert sim.shape == (1, 2) and torch.isfinite(sim).all() and sim.abs().max() <= 1.0 + 1e-5
+    # the same three calls on 64 held-out pairs: each image's own caption ranks in its top 10 far above chance
+    # (10 / 64 = 15.6 %); a random-init encoder stays near chance (tests/test_eval_runner.py)
+    images = [Image.open(io.BytesIO(jpg)) for jpg, _ in pairs]
+    s = m.similarity(m.image_features(images), m.text_features([t for _, t in pairs]))
+    rank = (s > s.diagonal()[:, None]).sum(1)
+    r10 = 100.0 * float((rank < 10).float().mean())
+    assert r10 >= 35.0, f"README snippet features: image->text R@10 {r10:.1f} % on 64 held-out pairs"
+
+
+def _random_orientation_probe(out: Path) -> dict:
+    """The orientation probe of a random-init encoder with the run's tokenizer and config."""
+    import dataclasses
+
+    from momo_ds.data.synthetic_probe import make_orientation_probe
+    from momo_ds.engine.checkpoint import export_encoder
+    from momo_ds.eval.encoder import load_encoder
+    from momo_ds.eval.runner import run_task
+    from momo_ds.model import build_model
+
+    trained = load_encoder(out / "stage1" / "encoder.safetensors")
+    torch.manual_seed(0)
+    model = build_model(trained.config)
+    path = out.parent / "random" / "encoder.safetensors"
+    path.parent.mkdir(exist_ok=True)
+    export_encoder(model, path, {**trained.meta, "stage": 0, "model": dataclasses.asdict(trained.config),
+                                 "tokenizer": str(out / "data" / "tokenizer.json")})
+    probe = make_orientation_probe(out / "data" / "probe", image_size=trained.config.img_size)
+    return run_task(load_encoder(path), "linear_probe", train=[probe.shards["train"]], val=[probe.shards["val"]])
+
+
+@pytest.fixture(scope="module")
+def random_probe(default_run):
+    return _random_orientation_probe(default_run[0])
+
+
+def test_orientation_probe_random_init_is_near_chance(default_run, random_probe):
+    """The orientation probe is an instrument that can show learning: an untrained encoder sits near its 25 %
+    chance (measured 33.9 %), where on the 16 coloured-shape classes it already reaches 50-53 %."""
+    report = json.loads((default_run[0] / "eval.json").read_text())
+    for stage in ("stage1", "stage2", "stage3"):
+        assert report[stage]["orientation_probe/chance_top1"] == 25.0
+        assert report[stage]["orientation_probe/val_n"] == 1000.0
+    assert random_probe["chance_top1"] == 25.0 and random_probe["top1"] < 40.0, random_probe
+
+
+@pytest.mark.xfail(strict=True, reason="not reached by the tiny recipes: stage 1 (120 MIM steps) probes at ~28 % "
+                                       "against random init's ~34 % (README, 'Orientation probe')")
+def test_orientation_probe_stage1_beats_random_init(default_run, random_probe):
+    stage1 = json.loads((default_run[0] / "eval.json").read_text())["stage1"]["orientation_probe/top1"]
+    assert stage1 >= random_probe["top1"] + 15.0, f"stage 1 {stage1:.1f} % vs random init {random_probe['top1']:.1f} %"

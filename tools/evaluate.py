@@ -68,18 +68,9 @@ def one_line(e: BaseException) -> str:
 
 
 def device_of(name: str):
-    """A usable torch device; a typo or a CPU-only machine is a one-line error, not a traceback mid-load."""
-    import torch
+    from momo_ds.eval.encoder import parse_device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r}: {one_line(e)}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+    return parse_device(name, "--device")
 
 
 def check_output(path: Optional[str]) -> None:

@@ -23,6 +23,20 @@ class LoadedEncoder:
     has_itm_head: bool  # False for exports written before the ITM head was exported (no ITM evaluation)
 
 
+def parse_device(name, label: str = "device") -> torch.device:
+    """A usable torch device; a typo or a CPU-only machine is a one-line ValueError (naming ``label``, e.g. the
+    command-line flag), not a traceback mid-load."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{label} {name!r}: {' '.join(str(e).split())}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{label} {name}: CUDA is not available on this machine (use cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{label} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
     """Build the model from the export's recorded config and load its weights; one-line errors on mismatch."""
     from momo_ds.model import build_model
