@@ -271,3 +271,22 @@ def test_orientation_probe_random_init_is_near_chance(default_run, random_probe)
 def test_orientation_probe_stage1_beats_random_init(default_run, random_probe):
     stage1 = json.loads((default_run[0] / "eval.json").read_text())["stage1"]["orientation_probe/top1"]
     assert stage1 >= random_probe["top1"] + 15.0, f"stage 1 {stage1:.1f} % vs random init {random_probe['top1']:.1f} %"
+
+
+def test_synthetic_vqa_stage3_beats_random_init_and_majority(default_run):
+    """VQA fine-tuning (tiny recipe, one epoch) of the stage-3 export, in eval.json, against the majority answer
+    and a random-init encoder fine-tuned the same way. Measured: 57-63 % vs 46-48 % vs 22 % over 6 seeds."""
+    from momo_ds.eval.encoder import load_encoder
+    from momo_ds.eval.runner import synthetic_vqa
+    from momo_ds.model import build_model
+
+    out = default_run[0]
+    s3 = json.loads((out / "eval.json").read_text())["stage3"]
+    enc = load_encoder(out / "stage3" / "encoder.safetensors")
+    torch.manual_seed(0)
+    enc.model = build_model(enc.config).eval()  # the same config and tokenizer, untrained weights
+    random_init = synthetic_vqa(enc, out / "data")
+    pre, majority = s3["vqa/vqa_score"], s3["vqa/majority_score"]
+    assert random_init["majority_score"] == majority and s3["vqa/val_n"] == random_init["val_n"] == 1500
+    assert pre >= majority + 25.0, f"VQA {pre:.1f} % vs majority answer {majority:.1f} %"
+    assert pre >= random_init["vqa_score"] + 5.0, f"VQA {pre:.1f} % vs random init {random_init['vqa_score']:.1f} %"

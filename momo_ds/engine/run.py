@@ -217,7 +217,8 @@ def _finish_stage(runner, recipe, stage_dir: Path, result) -> None:
 
 
 def evaluate_run(out: Path, stages: list[int], info) -> dict:
-    """Synthetic runs: retrieval, linear probe and held-out ITM of each stage's encoder on the held-out split ->
+    """Synthetic runs: retrieval, linear probe, held-out ITM and the orientation probe of each stage's encoder on
+    the held-out split, and synthetic VQA fine-tuning of the stage-3 encoder ->
     eval.json (stages 1 and 2 never train the ITM head: their ITM numbers are an untrained baseline).
 
     Every rank takes part: the held-out split is read in per-rank shares and its features gathered; rank 0 writes.
@@ -229,11 +230,12 @@ def evaluate_run(out: Path, stages: list[int], info) -> dict:
     for n in stages:
         enc = out / f"stage{n}" / "encoder.safetensors"
         if enc.is_file():
-            r = evaluate_synthetic(enc, info, device)
+            r = evaluate_synthetic(enc, info, device, vqa=n == 3)  # VQA: the joint encoder after stage 3
             report[f"stage{n}"] = {**{f"retrieval/{k}": v for k, v in r["retrieval"].items()},
                                    **{f"linear_probe/{k}": v for k, v in r["linear_probe"].items()},
                                    **{f"itm/{k}": v for k, v in r.get("itm", {}).items()},
-                                   **{f"orientation_probe/{k}": v for k, v in r["orientation_probe"].items()}}
+                                   **{f"orientation_probe/{k}": v for k, v in r["orientation_probe"].items()},
+                                   **{f"vqa/{k}": v for k, v in r.get("vqa", {}).items()}}
     if mdist.is_main_process():
         write_report(report, out / "eval.json", title="held-out synthetic evaluation")
     return report

@@ -165,12 +165,12 @@ def _glue(enc: LoadedEncoder, tok, glue_task: str, glue_dir: str, train: Sequenc
 
 
 def evaluate_synthetic(encoder_path: str | Path, info, device: torch.device = torch.device("cpu"),
-                       probe_train: int = 2) -> dict[str, Any]:
+                       probe_train: int = 2, vqa: bool = False) -> dict[str, Any]:
     """Retrieval on the synthetic pair validation split, a linear probe (image train -> image val), ITM on the
     retrieval split, and the orientation probe (:mod:`momo_ds.data.synthetic_probe`, built under
     ``<data>/probe`` on first use). ITM and the orientation probe run after the others (ITM with a generator of
     its own), so the earlier numbers do not depend on them; an export written before the ITM head was exported
-    has no "itm" entry."""
+    has no "itm" entry. vqa: also fine-tune a copy on the synthetic VQA set (:func:`synthetic_vqa`), last."""
     from momo_ds.data.synthetic_probe import make_orientation_probe
 
     enc = load_encoder(encoder_path, device)
@@ -184,7 +184,20 @@ def evaluate_synthetic(encoder_path: str | Path, info, device: torch.device = to
     probe = make_orientation_probe(Path(info.root) / "probe", image_size=enc.config.img_size, seed=info.seed)
     report["orientation_probe"] = run_task(enc, "linear_probe", train=[probe.shards["train"]],
                                            val=[probe.shards["val"]], device=device)
+    if vqa:
+        report["vqa"] = synthetic_vqa(enc, info.root, device)
     return report
+
+
+def synthetic_vqa(enc: LoadedEncoder, data_root: str | Path, device: torch.device = torch.device("cpu"),
+                  seed: int = 0) -> dict[str, float]:
+    """VQA fine-tuning of a copy of ``enc`` on the built-in synthetic VQA set (``<data_root>/vqa``) with the
+    tiny recipe; the same call on a random-init encoder is its baseline."""
+    from momo_ds.eval.vqa import RECIPES, finetune_vqa, synthetic_vqa_splits
+
+    train, val = synthetic_vqa_splits(data_root, image_size=enc.config.img_size)
+    return finetune_vqa(copy.deepcopy(enc.model), _tokenizer(enc, None), train, val, device=device, seed=seed,
+                        **RECIPES["tiny"])
 
 
 def write_report(results: dict[str, Any], path: Optional[str | Path], title: str = "momo-ds evaluation") -> None:
