@@ -290,3 +290,30 @@ def test_synthetic_vqa_stage3_beats_random_init_and_majority(default_run):
     assert random_init["majority_score"] == majority and s3["vqa/val_n"] == random_init["val_n"] == 1500
     assert pre >= majority + 25.0, f"VQA {pre:.1f} % vs majority answer {majority:.1f} %"
     assert pre >= random_init["vqa_score"] + 5.0, f"VQA {pre:.1f} % vs random init {random_init['vqa_score']:.1f} %"
+
+
+def test_readme_export_and_timm_snippet(default_run, tmp_path, monkeypatch):
+    """The README's export command and timm snippet on the stage-3 export: timm's own transform and model give
+    the encoder's [CLS] features, with the ImageNet mean/std it was trained with."""
+    import io
+
+    from PIL import Image
+
+    import momo_ds
+
+    out = default_run[0]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "momo-tiny").symlink_to(out, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "export.py"), "--encoder",
+                           "runs/momo-tiny/stage3/encoder.safetensors", "--out", "momo-tiny-hf"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (ROOT / "README.md").read_text()
+    code = text.split("<!-- snippet: timm", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    image = Image.open(io.BytesIO(_val_pairs(out, 1)[0][0]))
+    ns: dict = {"image": image}
+    exec(compile(code, "README.md", "exec"), ns)
+    m = momo_ds.load_pretrained("momo-tiny-hf")
+    assert tuple(ns["cfg"]["mean"]) == (0.485, 0.456, 0.406) and tuple(ns["cfg"]["std"]) == (0.229, 0.224, 0.225)
+    torch.testing.assert_close(ns["pooled"], m.cls_features(image), atol=1e-5, rtol=1e-5)
