@@ -55,8 +55,10 @@ def test_cmga_step_matches_plain_pytorch(ranks_out, zero):
     ref_norm, ref_grads, ref_params = reference_step()
     grads = load_file(str(files[3]))  # full gradients at the boundary, before the optimizer step
     assert set(grads) == set(ref_grads)
-    worst_grad = max(float((grads[k] - ref_grads[k]).abs().max()) for k in grads)
-    assert worst_grad <= 1e-6, f"ZeRO-{zero}: max |grad - reference| = {worst_grad:.3g}"
+    # fp32 sums in another order (per-rank partial sums, then the all-reduce): an error of a few ulps of each
+    # gradient, so the bound is 1e-6 plus 1e-5 of the gradient itself (a 2-core EPYC VM gave 1.1e-6 absolute)
+    worst_grad = max(float(((grads[k] - ref_grads[k]).abs() - 1e-5 * ref_grads[k].abs()).max()) for k in grads)
+    assert worst_grad <= 1e-6, f"ZeRO-{zero}: max |grad - reference| - 1e-5 |reference| = {worst_grad:.3g}"
     norms = [json.loads(f.read_text())["grad_norm"] for f in files[:2]]
     for n in norms:
         assert abs(n - ref_norm) <= 1e-6 * max(1.0, ref_norm), (zero, n, ref_norm)
