@@ -221,7 +221,7 @@ def test_bad_inputs_are_one_line_value_errors(export, folder, tmp_path, pairs):
     (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     config = json.loads((folder / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**config, "embed_dim": 64, "num_heads": 4}))
-    _one_line_error(momo_ds.load_pretrained, bad, match="weights/config mismatch")
+    _one_line_error(momo_ds.load_pretrained, bad, match="encoder/config mismatch")
     (bad / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     _one_line_error(momo_ds.load_pretrained, bad, match="model_type is not 'momo'")
     m = momo_ds.load_pretrained(export)

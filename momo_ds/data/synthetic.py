@@ -258,8 +258,7 @@ def _generate(root: Path, tmp: Path, params: dict, num: int, image_size: int, se
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)
     shutil.rmtree(tmp, ignore_errors=True)
-    (root / "manifest.json.tmp").write_text(json.dumps(manifest, indent=1))
-    os.replace(root / "manifest.json.tmp", root / "manifest.json")
+    write_manifest(root, manifest)
     info = _load_manifest(root, params)
     assert info is not None
     return info
@@ -315,15 +314,24 @@ def _process_alive_since(pid: int, changed: float) -> bool:
     return started <= changed + 1.0  # btime is whole seconds
 
 
-def _load_manifest(root: Path, params: dict) -> Optional[SyntheticInfo]:
-    path = root / "manifest.json"
-    if not path.is_file():
-        return None
+def write_manifest(root: Path, manifest: dict) -> None:
+    """``root/manifest.json``, atomically: it is written last, so its presence means the build finished."""
+    (root / "manifest.json.tmp").write_text(json.dumps(manifest, indent=1))
+    os.replace(root / "manifest.json.tmp", root / "manifest.json")
+
+
+def read_manifest(root: Path, params: dict) -> Optional[dict]:
+    """The manifest of a finished build with these parameters, else None (absent, unreadable, other params)."""
     try:
-        m = json.loads(path.read_text())
+        m = json.loads((root / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if m.get("params") != params:
+    return m if isinstance(m, dict) and m.get("params") == params else None
+
+
+def _load_manifest(root: Path, params: dict) -> Optional[SyntheticInfo]:
+    m = read_manifest(root, params)
+    if m is None:
         return None
     shards = {k: {s: str(root / p) for s, p in v.items()} for k, v in m["shards"].items()}
     tokenizer = root / m["tokenizer"]

@@ -16,7 +16,6 @@ changes the pretraining data.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -29,7 +28,7 @@ import webdataset as wds
 from .rng import mix_seed
 from PIL import Image, ImageDraw
 
-from .synthetic import COLOURS, _build_dir_name, _jpeg
+from .synthetic import COLOURS, _build_dir_name, _jpeg, read_manifest, write_manifest
 
 VERSION = 1
 CLASSES = ["up", "right", "down", "left"]
@@ -109,19 +108,15 @@ def make_orientation_probe(out_dir: Union[str, Path], image_size: int = 32, num_
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = {"params": params, "classes": CLASSES, "shards": shards,
                 "counts": {"train": num_train, "val": num_val}}
-    (root / "manifest.json.tmp").write_text(json.dumps(manifest, indent=1))
-    os.replace(root / "manifest.json.tmp", root / "manifest.json")
+    write_manifest(root, manifest)
     info = _load(root, params)
     assert info is not None
     return info
 
 
 def _load(root: Path, params: dict) -> ProbeInfo | None:
-    try:
-        m = json.loads((root / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if m.get("params") != params:
+    m = read_manifest(root, params)
+    if m is None:
         return None
     shards = {s: str(root / p) for s, p in m["shards"].items()}
     return ProbeInfo(root=str(root), classes=m["classes"], shards=shards, counts=m["counts"])

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .rng import mix_seed
-from .synthetic import COLOURS, MAIN_COLOURS, SHAPES, Scene, _build_dir_name, _jpeg, clean_stale_builds, render, \
-    random_scene
+from .synthetic import (COLOURS, MAIN_COLOURS, SHAPES, Scene, _build_dir_name, _jpeg, clean_stale_builds,
+                        random_scene, read_manifest, render, write_manifest)
 
 VERSION = 1
 SUBTYPES = {"train": "train2014", "val": "val2014"}
@@ -230,19 +230,15 @@ def make_synthetic_vqa(out_dir: Union[str, Path], image_size: int = 32, num_trai
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = {"params": params, "subtypes": SUBTYPES, "counts": counts}
-    (root / "manifest.json.tmp").write_text(json.dumps(manifest, indent=1))
-    os.replace(root / "manifest.json.tmp", root / "manifest.json")
+    write_manifest(root, manifest)
     info = _load(root, params)
     assert info is not None
     return info
 
 
 def _load(root: Path, params: dict) -> Optional[SyntheticVqaInfo]:
-    try:
-        m = json.loads((root / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if m.get("params") != params:
+    m = read_manifest(root, params)
+    if m is None:
         return None
     for subtype in m["subtypes"].values():
         files = (f"v2_OpenEnded_mscoco_{subtype}_questions.json", f"v2_mscoco_{subtype}_annotations.json")

@@ -39,10 +39,6 @@ def parse_device(name, label: str = "device") -> torch.device:
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> LoadedEncoder:
     """Build the model from the export's recorded config and load its weights; one-line errors on mismatch."""
-    from momo_ds.model import build_model
-    from momo_ds.model.export import has_itm_head
-    from momo_ds.model.parts import has_part
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"encoder file not found: {path}")
@@ -52,28 +48,39 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     meta = json.loads(meta_path.read_text())
     if "model" not in meta:
         raise ValueError(f"{meta_path} has no 'model' config")
+    return encoder_from(path, meta["model"], meta, _tokenizer_path(path, meta.get("tokenizer")), meta_path, device)
+
+
+def encoder_from(weights: Path, model_fields: dict[str, Any], meta: dict[str, Any], tokenizer: Optional[str],
+                 config_file: Path, device: str | torch.device = "cpu") -> LoadedEncoder:
+    """The encoder of exported ``weights`` (safetensors) built from ``model_fields`` (ModelConfig values, as
+    recorded beside an export or in an exported folder's config.json, named ``config_file`` in errors)."""
+    from momo_ds.model import build_model
+    from momo_ds.model.export import has_itm_head
+    from momo_ds.model.parts import has_part
+
     try:
-        cfg = from_dict(ModelConfig, {**meta["model"], "decoders": []}, "model").validate()
+        cfg = from_dict(ModelConfig, {**model_fields, "decoders": []}, "model").validate()
     except ConfigError as e:
-        raise ValueError(f"{meta_path}: {e}") from None
+        raise ValueError(f"{config_file}: {e}") from None
     try:
-        state = load_file(str(path))
+        state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
     model = build_model(cfg)
     shapes = {k: tuple(v.shape) for k, v in model.export_state_dict().items()}
     wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]]
-    if wrong:
+    if wrong:  # checked first: load_state_dict's own message is many lines long
         k = wrong[0]
-        raise ValueError(f"encoder/config mismatch: {k} has shape {tuple(state[k].shape)} in {path.name} but "
+        raise ValueError(f"encoder/config mismatch: {k} has shape {tuple(state[k].shape)} in {weights.name} but "
                          f"{shapes[k]} in the recorded config")
     heads = has_part(state, "contrastive")
     try:
         model.load_exported(state, heads=heads)
     except ValueError as e:
-        raise ValueError(f"encoder/config mismatch in {path.name}: {e}") from None
+        raise ValueError(f"encoder/config mismatch in {weights.name}: {e}") from None
     model.to(device).eval()
-    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=_tokenizer_path(path, meta.get("tokenizer")),
+    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=tokenizer,
                          has_itm_head=heads and has_itm_head(state))
 
 

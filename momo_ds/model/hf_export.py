@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 from torch import nn
 
-from momo_ds.config import ConfigError, ModelConfig
+from momo_ds.config import ModelConfig
 from momo_ds.data.transforms import EVAL_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
@@ -228,38 +228,13 @@ def read_config(folder: Path) -> dict[str, Any]:
 def load_folder(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "LoadedEncoder":
     """The encoder of a :func:`save_pretrained` folder, as :func:`momo_ds.eval.encoder.load_encoder` gives an
     export (same model, config and checks; tokenizer: the folder's tokenizer.json)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from momo_ds.eval.encoder import LoadedEncoder
-    from momo_ds.model import build_model
-    from momo_ds.model.export import has_itm_head
-    from momo_ds.typed import from_dict
+    from momo_ds.eval.encoder import encoder_from
 
     folder = Path(folder)
     config = read_config(folder)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    try:
-        cfg = from_dict(ModelConfig, {**{k: v for k, v in config.items() if k in fields}, "decoders": []},
-                        "model").validate()
-    except ConfigError as e:
-        raise ValueError(f"{folder / CONFIG}: {e}") from None
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{folder / WEIGHTS}: not a readable safetensors file ({e})") from None
-    model = build_model(cfg)
-    shapes = {k: tuple(v.shape) for k, v in model.export_state_dict().items()}
-    wrong = next((k for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]), None)
-    if wrong is not None:  # checked first: load_state_dict's own message is many lines long
-        raise ValueError(f"weights/config mismatch in {folder}: {wrong} has shape {tuple(state[wrong].shape)} in "
-                         f"{WEIGHTS} but {shapes[wrong]} in {CONFIG}")
-    try:
-        model.load_exported(state)
-    except ValueError as e:
-        raise ValueError(f"weights/config mismatch in {folder}: {e}") from None
-    model.to(device).eval()
+    model_fields = {k: config[k] for k in fields if k in config}
     tok = folder / TOKENIZER
-    meta = {**config.get("export", {}), "model": {k: config[k] for k in fields if k in config}}
-    return LoadedEncoder(model=model, config=cfg, meta=meta, tokenizer=str(tok) if tok.is_file() else None,
-                         has_itm_head=has_itm_head(state))
+    meta = {**config.get("export", {}), "model": model_fields}
+    return encoder_from(folder / WEIGHTS, model_fields, meta, str(tok) if tok.is_file() else None,
+                        folder / CONFIG, device)
