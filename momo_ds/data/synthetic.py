@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import os
 import random
-import re
-import secrets
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -33,6 +29,7 @@ from typing import Optional, Union
 import webdataset as wds
 from PIL import Image, ImageDraw
 
+from .builds import build_dir_name, clean_stale_builds, read_manifest, write_manifest
 from .rng import mix_seed
 from .text import train_wordpiece
 
@@ -228,7 +225,7 @@ def make_synthetic(out_dir: Union[str, Path], num: int = 4000, image_size: int =
     if num < 1 or image_size < 8:
         raise ValueError(f"make_synthetic: num={num} must be >= 1 and image_size={image_size} >= 8")
     # Build in a private directory, then move files into place (concurrent callers write identical files).
-    tmp = root / _build_dir_name()
+    tmp = root / build_dir_name()
     try:
         return _generate(root, tmp, params, num, image_size, seed)
     except BaseException:  # a failed generation leaves nothing behind (a killed one: the next start removes it)
@@ -262,71 +259,6 @@ def _generate(root: Path, tmp: Path, params: dict, num: int, image_size: int, se
     info = _load_manifest(root, params)
     assert info is not None
     return info
-
-
-# A generation builds in ``<root>/.tmp-<pid>-<token>-<host>``: the process, a random token (a reused pid never
-# meets an old directory) and the host (``root`` may be on a file system several hosts share).
-_BUILD_DIR = re.compile(r"^\.tmp-(?P<pid>\d+)(?:-(?P<token>[0-9a-f]{8})-(?P<host>.+))?$")
-
-
-def _build_dir_name() -> str:
-    return f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{socket.gethostname()}"
-
-
-def clean_stale_builds(root: Path) -> list[Path]:
-    """Remove the build directories of generations that were killed: on this host, their process is gone, or the
-    process now holding that pid started after the directory last changed (so it is not the one that made it).
-    Directories of other hosts are left alone (their processes cannot be seen from here); ``.tmp-<pid>`` (no
-    host, written before this naming) counts as this host's. Returns what was removed."""
-    if not root.is_dir():
-        return []
-    host, removed = socket.gethostname(), []
-    for path in root.iterdir():
-        m = _BUILD_DIR.match(path.name)
-        if m is None or (m["host"] is not None and m["host"] != host) or m["pid"] == str(os.getpid()):
-            continue
-        try:
-            changed = path.stat().st_mtime
-        except FileNotFoundError:
-            continue
-        if _process_alive_since(int(m["pid"]), changed):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def _process_alive_since(pid: int, changed: float) -> bool:
-    """Whether a process ``pid`` is alive and may have written at time ``changed`` (it started before it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return True  # alive, age unknown: keep its directory
-    started = boot + ticks / os.sysconf("SC_CLK_TCK")
-    return started <= changed + 1.0  # btime is whole seconds
-
-
-def write_manifest(root: Path, manifest: dict) -> None:
-    """``root/manifest.json``, atomically: it is written last, so its presence means the build finished."""
-    (root / "manifest.json.tmp").write_text(json.dumps(manifest, indent=1))
-    os.replace(root / "manifest.json.tmp", root / "manifest.json")
-
-
-def read_manifest(root: Path, params: dict) -> Optional[dict]:
-    """The manifest of a finished build with these parameters, else None (absent, unreadable, other params)."""
-    try:
-        m = json.loads((root / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return m if isinstance(m, dict) and m.get("params") == params else None
 
 
 def _load_manifest(root: Path, params: dict) -> Optional[SyntheticInfo]:

@@ -28,7 +28,8 @@ import webdataset as wds
 from .rng import mix_seed
 from PIL import Image, ImageDraw
 
-from .synthetic import COLOURS, _build_dir_name, _jpeg, read_manifest, write_manifest
+from .builds import build_dir_name, read_manifest, write_manifest
+from .synthetic import COLOURS, _jpeg
 
 VERSION = 1
 CLASSES = ["up", "right", "down", "left"]
@@ -98,7 +99,7 @@ def make_orientation_probe(out_dir: Union[str, Path], image_size: int = 32, num_
         return cached
     if min(num_train, num_val) < len(CLASSES) or image_size < 8:
         raise ValueError(f"make_orientation_probe: need >= {len(CLASSES)} samples per split and image_size >= 8")
-    tmp = root / _build_dir_name()
+    tmp = root / build_dir_name()
     try:
         shards = {split: _write(tmp, split, _samples(split, n, image_size, seed), per_shard=500)
                   for split, n in (("train", num_train), ("val", num_val))}

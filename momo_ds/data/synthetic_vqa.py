@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .rng import mix_seed
-from .synthetic import (COLOURS, MAIN_COLOURS, SHAPES, Scene, _build_dir_name, _jpeg, clean_stale_builds,
-                        random_scene, read_manifest, render, write_manifest)
+from .builds import build_dir_name, clean_stale_builds, read_manifest, write_manifest
+from .synthetic import COLOURS, MAIN_COLOURS, SHAPES, Scene, _jpeg, random_scene, render
 
 VERSION = 1
 SUBTYPES = {"train": "train2014", "val": "val2014"}
@@ -217,7 +217,7 @@ def make_synthetic_vqa(out_dir: Union[str, Path], image_size: int = 32, num_trai
         raise ValueError(f"make_synthetic_vqa: need >= 1 image per split and question per image, image_size >= 8 "
                          f"(got {num_train_images}, {num_val_images}, {questions_per_image}, {image_size})")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / _build_dir_name()
+    tmp = root / build_dir_name()
     try:
         counts = {}
         for split, n, offset in (("train", num_train_images, 0), ("val", num_val_images, VAL_ID_OFFSET)):
