@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from momo_ds.data.synthetic_vqa import make_synthetic_vqa
 from momo_ds.eval.encoder import load_encoder
 from momo_ds.eval.glue_suite import glue_files, run_glue_suite
 from momo_ds.eval.paper import COLUMNS, PAPER_ROWS, markdown_table, our_row, retrieval_cell
@@ -19,6 +20,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("suite")
     make_coco(root / "coco")
     make_glue(root / "glue")
+    make_synthetic_vqa(root / "vqa", num_train_images=16, num_val_images=8, questions_per_image=3)
     return root
 
 
@@ -89,12 +91,28 @@ def test_suite_cli_runs_what_the_folder_holds(data, tmp_path, capsys):
                           str(data), "--json", str(out), "--epochs", "1", "--lrs", "1e-4", "--max_len", "16"])
     assert code == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
-    assert report["not_run"] == ["vqa", "flickr30k", "imagenet"] and report["coco"]["images"] == 24
+    assert report["not_run"] == ["flickr30k", "imagenet"] and report["coco"]["images"] == 24
+    assert report["vqa"]["val_n"] == 24 and 0 <= report["vqa"]["vqa_score"] <= 100
     assert set(report) >= {"coco", "glue/sst2", "glue/mrpc", "glue/stsb"}
     md = out.with_suffix(".md").read_text()
     ours = next(line for line in md.splitlines() if line.startswith("| ours"))
     assert f"| {retrieval_cell(report['coco']):.1f} |" in ours and "MoMo (paper)" in md
     assert f"{report['glue/mrpc']['acc']:.1f}/{report['glue/mrpc']['f1']:.1f}" in ours
+    assert ours.startswith(f"| ours (coco) | {report['vqa']['vqa_score']:.1f} |")
+
+
+def test_vqa_cli_fine_tunes_a_copy(data, tmp_path, capsys):
+    out = tmp_path / "vqa.json"
+    assert evaluate_main(["--encoder", str(data / "coco" / "encoder.safetensors"), "--task", "vqa", "retrieval",
+                          "--vqa", str(data / "vqa"), "--karpathy", str(data / "coco" / "dataset_coco.json"),
+                          "--json", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["vqa"]["train_n"] == 48 and report["vqa"]["majority_score"] <= report["vqa"]["oracle_score"]
+    enc = load_encoder(data / "coco" / "encoder.safetensors")
+    assert report["retrieval"] == run_task(enc, "retrieval", karpathy=str(data / "coco" / "dataset_coco.json"))
+    assert evaluate_main(["--encoder", str(data / "coco" / "encoder.safetensors"), "--task", "vqa", "--vqa",
+                          str(tmp_path)]) == 2
+    assert "questions" in capsys.readouterr().err
 
 
 def test_suite_errors(data, tmp_path, capsys):
