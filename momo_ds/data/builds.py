@@ -75,3 +75,14 @@ def read_manifest(root: Path, params: dict) -> Optional[dict]:
     except (OSError, json.JSONDecodeError):
         return None
     return m if isinstance(m, dict) and m.get("params") == params else None
+
+
+def publish_build(tmp: Path, root: Path) -> None:
+    """Move every file of the build folder ``tmp`` to the same place under ``root`` (a rename each: concurrent
+    builders write identical files), then remove ``tmp``. The caller writes the manifest after this."""
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file():
+            dest = root / path.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+    shutil.rmtree(tmp, ignore_errors=True)

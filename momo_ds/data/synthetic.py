@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Optional, Union
 import webdataset as wds
 from PIL import Image, ImageDraw
 
-from .builds import build_dir_name, clean_stale_builds, read_manifest, write_manifest
+from .builds import build_dir_name, clean_stale_builds, publish_build, read_manifest, write_manifest
 from .rng import mix_seed
 from .text import train_wordpiece
 
@@ -249,12 +248,7 @@ def _generate(root: Path, tmp: Path, params: dict, num: int, image_size: int, se
     tok = train_wordpiece(corpus, tmp / "tokenizer.json", vocab_size=512)
     manifest = {"params": params, "num_classes": len(CLASSES), "classes": CLASSES, "shards": shards,
                 "counts": counts, "tokenizer": "tokenizer.json", "vocab_size": tok.vocab_size}
-    for path in sorted(tmp.rglob("*")):
-        if path.is_file():
-            dest = root / path.relative_to(tmp)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
-    shutil.rmtree(tmp, ignore_errors=True)
+    publish_build(tmp, root)
     write_manifest(root, manifest)
     info = _load_manifest(root, params)
     assert info is not None

@@ -16,7 +16,6 @@ changes the pretraining data.
 """
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import webdataset as wds
 from .rng import mix_seed
 from PIL import Image, ImageDraw
 
-from .builds import build_dir_name, read_manifest, write_manifest
+from .builds import build_dir_name, publish_build, read_manifest, write_manifest
 from .synthetic import COLOURS, _jpeg
 
 VERSION = 1
@@ -103,8 +102,7 @@ def make_orientation_probe(out_dir: Union[str, Path], image_size: int = 32, num_
     try:
         shards = {split: _write(tmp, split, _samples(split, n, image_size, seed), per_shard=500)
                   for split, n in (("train", num_train), ("val", num_val))}
-        for path in sorted(tmp.iterdir()):
-            os.replace(path, root / path.name)
+        publish_build(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = {"params": params, "classes": CLASSES, "shards": shards,

@@ -29,7 +29,6 @@ Layout under ``out_dir`` (read by :func:`momo_ds.eval.vqa_data.load_vqa_split`):
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .rng import mix_seed
-from .builds import build_dir_name, clean_stale_builds, read_manifest, write_manifest
+from .builds import build_dir_name, clean_stale_builds, publish_build, read_manifest, write_manifest
 from .synthetic import COLOURS, MAIN_COLOURS, SHAPES, Scene, _jpeg, random_scene, render
 
 VERSION = 1
@@ -222,11 +221,7 @@ def make_synthetic_vqa(out_dir: Union[str, Path], image_size: int = 32, num_trai
         counts = {}
         for split, n, offset in (("train", num_train_images, 0), ("val", num_val_images, VAL_ID_OFFSET)):
             counts[split] = {"images": n, "questions": _write_subtype(tmp, SUBTYPES[split], n, offset, params)}
-        for path in sorted(tmp.rglob("*")):
-            if path.is_file():
-                dest = root / path.relative_to(tmp)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, dest)
+        publish_build(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = {"params": params, "subtypes": SUBTYPES, "counts": counts}
