@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from momo_ds.config import ModelConfig
@@ -38,11 +38,9 @@ DEFAULT_BATCH_SIZE = 256  # tools/evaluate.py's feature batch
 def as_rgb(image: Image.Image) -> Image.Image:
     """A PIL image oriented and converted to 8-bit RGB as ``decode_image`` leaves a decoded file, so a file path
     and ``Image.open`` of it give the same pixels."""
-    from momo_ds.data.decode import _to_rgb
+    from momo_ds.data.decode import oriented_rgb
 
-    if "exif" in image.info:
-        image = ImageOps.exif_transpose(image)
-    return image if image.mode == "RGB" else _to_rgb(image)
+    return oriented_rgb(image)
 
 
 def read_image(path: Union[str, os.PathLike]) -> Image.Image:

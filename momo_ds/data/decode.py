@@ -77,6 +77,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if mode != "RGB" else img
 
 
+def oriented_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
+    """A decoded image as every image path leaves it: EXIF orientation applied, 8-bit RGB (:func:`_to_rgb`).
+    in_place: transpose ``img`` itself (a freshly decoded file) rather than a copy (a caller's image)."""
+    if "exif" in img.info:
+        if in_place:
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
+    return img if img.mode == "RGB" else _to_rgb(img)  # most photos are RGB already
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Encoded image bytes → fully decoded RGB PIL image (EXIF orientation applied)."""
     if not data:
@@ -84,9 +95,7 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
         img.load()  # decode now: truncated data raises here, not later inside a transform
-        if "exif" in img.info:
-            ImageOps.exif_transpose(img, in_place=True)
-        return img if img.mode == "RGB" else _to_rgb(img)  # most photos are RGB already
+        return oriented_rgb(img, in_place=True)
     except SampleError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad bytes
